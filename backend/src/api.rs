@@ -44,8 +44,9 @@ pub struct SpawnRequest {
     pub cwd: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    #[serde(default)]
-    pub additional_mounts: BTreeMap<String, MountSpec>,
+    /// In the client's order: the first plain mount is the working folder.
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub additional_mounts: Vec<(String, MountSpec)>,
     #[serde(default)]
     pub allowed_domains: Option<Vec<String>>,
     #[serde(default)]
@@ -123,6 +124,35 @@ pub struct MountPathRequest {
 pub struct MountPathResult {
     /// Where the share appears in the session; the older daemon returned it.
     pub guest_path: String,
+}
+
+/// A JSON object as its entries in document order (a map would sort them).
+fn ordered_map<'de, D, V>(d: D) -> std::result::Result<Vec<(String, V)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Entries<V>(std::marker::PhantomData<V>);
+    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Entries<V> {
+        type Value = Vec<(String, V)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, V>()? {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(Entries(std::marker::PhantomData))
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -213,4 +243,25 @@ pub trait Backend: Send + Sync {
         result_json: Option<String>,
         error: Option<String>,
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_keep_client_order() {
+        let r: SpawnRequest = serde_json::from_value(serde_json::json!({
+            "id": "1", "name": "s", "command": "c",
+            "additionalMounts": {"zeta": {"path": "z"}, "alpha": {"path": "a", "mode": "ro"}},
+        }))
+        .unwrap();
+        let names: Vec<_> = r.additional_mounts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+        assert_eq!(r.additional_mounts[1].1.mode, Some(MountMode::Ro));
+        let bad = serde_json::from_value::<SpawnRequest>(serde_json::json!({
+            "id": "1", "name": "s", "command": "c", "additionalMounts": {"a": {"path": 1}},
+        }));
+        assert!(bad.is_err());
+    }
 }

@@ -1,0 +1,371 @@
+//! Local processes for the backends that run sessions as host processes
+//! (host, bwrap): each spawn becomes its own process group whose stdout and
+//! stderr flow to the event bus as text, in order, followed by exactly one
+//! `exit` event once all output has been published.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cowork_backend::signal::signal_name;
+use cowork_backend::utf8::Utf8Stream;
+use cowork_backend::{BackendError, Event, EventBus, ProcessStatus, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify};
+
+/// At most this many processes run at once per helper.
+pub const MAX_PROCESSES: usize = 512;
+/// Exit statuses remembered for `isProcessRunning` after a process ends.
+const FINISHED_KEPT: usize = 4096;
+/// Read size for output pipes (a pipe holds 64 KiB by default).
+const CHUNK: usize = 64 * 1024;
+/// Once the process has exited, output still flowing is read to the end;
+/// a pipe kept open but idle this long by a grandchild is abandoned.
+const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// Queued stdin writes per process.
+const STDIN_QUEUE: usize = 64;
+/// How long `stop_all` waits after SIGTERM before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run: already resolved to host terms by the backend.
+pub struct Launch {
+    pub id: String,
+    pub session: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+enum StdinMsg {
+    Data(String),
+    Eof,
+}
+
+struct Running {
+    session: String,
+    pgid: Pid,
+    stdin: mpsc::Sender<StdinMsg>,
+}
+
+#[derive(Default)]
+struct Table {
+    running: HashMap<String, Running>,
+    finished: HashMap<String, Option<i32>>,
+    finished_order: VecDeque<String>,
+}
+
+#[derive(Clone)]
+pub struct ProcessTable {
+    bus: EventBus,
+    table: Arc<Mutex<Table>>,
+    changed: Arc<Notify>,
+}
+
+impl ProcessTable {
+    pub fn new(bus: EventBus) -> Self {
+        Self {
+            bus,
+            table: Arc::default(),
+            changed: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn spawn(&self, launch: Launch) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(&launch.program);
+        cmd.args(&launch.args)
+            .env_clear()
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&launch.cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // Hold the table lock across the fork so a duplicate id racing this
+        // one cannot start a second process.
+        let mut table = self.lock();
+        if table.running.contains_key(&launch.id) {
+            return Err(BackendError::DuplicateProcess(launch.id));
+        }
+        if table.running.len() >= MAX_PROCESSES {
+            return Err(BackendError::TooManyProcesses(MAX_PROCESSES));
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            BackendError::io(format!("cannot start {}", launch.program.display()), e)
+        })?;
+        let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        if let Some(stdin) = child.stdin.take() {
+            tokio::spawn(feed_stdin(stdin, stdin_rx));
+        }
+        table.finished.remove(&launch.id);
+        table.running.insert(
+            launch.id.clone(),
+            Running {
+                session: launch.session,
+                pgid: Pid::from_raw(pid),
+                stdin: stdin_tx,
+            },
+        );
+        drop(table);
+        tokio::spawn(self.clone().supervise(launch.id, child));
+        Ok(())
+    }
+
+    async fn supervise(self, id: String, mut child: tokio::process::Child) {
+        let activity = Arc::new(Activity::default());
+        let out = child.stdout.take();
+        let err = child.stderr.take();
+        let readers = async {
+            tokio::join!(
+                pump(&self.bus, &id, out, Stream::Stdout, &activity),
+                pump(&self.bus, &id, err, Stream::Stderr, &activity),
+            )
+        };
+        tokio::pin!(readers);
+        let mut readers_done = false;
+        let status = tokio::select! {
+            _ = &mut readers => {
+                readers_done = true;
+                child.wait().await
+            }
+            st = child.wait() => st,
+        };
+        if !readers_done {
+            // The process is gone; drain what it left, but do not wait for a
+            // grandchild that keeps the pipe open and silent.
+            loop {
+                let before = activity.bytes.load(Ordering::Relaxed);
+                match tokio::time::timeout(IDLE_AFTER_EXIT, &mut readers).await {
+                    Ok(_) => break,
+                    Err(_) => {
+                        let idle = activity.bytes.load(Ordering::Relaxed) == before
+                            && activity.publishing.load(Ordering::Relaxed) == 0;
+                        if idle {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let (exit_code, signal) = match status {
+            Ok(st) => (st.code(), st.signal().map(signal_name)),
+            Err(e) => {
+                tracing::warn!(process = %id, "waiting for the process failed: {e}");
+                (None, None)
+            }
+        };
+        self.bus
+            .publish(&Event::Exit {
+                id: id.clone(),
+                exit_code,
+                signal,
+                oom_kill_count: None,
+            })
+            .await;
+        {
+            let mut t = self.lock();
+            t.running.remove(&id);
+            t.finished.insert(id.clone(), exit_code);
+            t.finished_order.push_back(id.clone());
+            while t.finished_order.len() > FINISHED_KEPT {
+                if let Some(old) = t.finished_order.pop_front() {
+                    if !t.running.contains_key(&old) {
+                        t.finished.remove(&old);
+                    }
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn status(&self, id: &str) -> Result<ProcessStatus> {
+        let t = self.lock();
+        if t.running.contains_key(id) {
+            return Ok(ProcessStatus {
+                running: true,
+                exit_code: None,
+            });
+        }
+        match t.finished.get(id) {
+            Some(code) => Ok(ProcessStatus {
+                running: false,
+                exit_code: *code,
+            }),
+            None => Err(BackendError::NoSuchProcess(id.to_string())),
+        }
+    }
+
+    fn known(&self, id: &str, t: &Table) -> BackendError {
+        if t.finished.contains_key(id) {
+            BackendError::ProcessNotRunning(id.to_string())
+        } else {
+            BackendError::NoSuchProcess(id.to_string())
+        }
+    }
+
+    /// Signals the process's whole group.
+    pub fn kill(&self, id: &str, sig: Signal) -> Result<()> {
+        let t = self.lock();
+        let Some(p) = t.running.get(id) else {
+            return Err(self.known(id, &t));
+        };
+        killpg(p.pgid, sig).map_err(|e| BackendError::io(format!("kill {id}"), e.into()))
+    }
+
+    pub async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
+        let tx = {
+            let t = self.lock();
+            match t.running.get(id) {
+                Some(p) => p.stdin.clone(),
+                None => return Err(self.known(id, &t)),
+            }
+        };
+        let closed = || BackendError::invalid("writeStdin", format!("stdin of {id:?} is closed"));
+        if !data.is_empty() {
+            tx.send(StdinMsg::Data(data)).await.map_err(|_| closed())?;
+        }
+        if eof {
+            tx.send(StdinMsg::Eof).await.map_err(|_| closed())?;
+        }
+        Ok(())
+    }
+
+    /// The session a running process belongs to.
+    pub fn session_of(&self, id: &str) -> Option<String> {
+        self.lock().running.get(id).map(|p| p.session.clone())
+    }
+
+    pub fn active_sessions(&self) -> HashSet<String> {
+        self.lock()
+            .running
+            .values()
+            .map(|p| p.session.clone())
+            .collect()
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.lock().running.len()
+    }
+
+    fn signal_all(&self, sig: Signal) {
+        for p in self.lock().running.values() {
+            let _ = killpg(p.pgid, sig);
+        }
+    }
+
+    async fn wait_empty(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.running_count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.running_count() == 0;
+            }
+        }
+    }
+
+    /// Ends every process group: SIGTERM, then SIGKILL for what is left, and
+    /// waits for their exit events.
+    pub async fn stop_all(&self) {
+        if self.running_count() == 0 {
+            return;
+        }
+        self.signal_all(Signal::SIGTERM);
+        if !self.wait_empty(TERM_GRACE).await {
+            self.signal_all(Signal::SIGKILL);
+            self.wait_empty(TERM_GRACE).await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Activity {
+    bytes: AtomicU64,
+    publishing: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Stdout,
+    Stderr,
+}
+
+async fn pump(
+    bus: &EventBus,
+    id: &str,
+    pipe: Option<impl AsyncRead + Unpin>,
+    which: Stream,
+    activity: &Activity,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; CHUNK];
+    let mut text = Utf8Stream::default();
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => 0,
+            Ok(n) => n,
+        };
+        let data = if n == 0 {
+            text.finish()
+        } else {
+            activity.bytes.fetch_add(n as u64, Ordering::Relaxed);
+            text.push(&buf[..n])
+        };
+        if !data.is_empty() {
+            let id = id.to_string();
+            let ev = match which {
+                Stream::Stdout => Event::Stdout { id, data },
+                Stream::Stderr => Event::Stderr { id, data },
+            };
+            let busy = PublishGuard::new(&activity.publishing);
+            bus.publish(&ev).await;
+            drop(busy);
+        }
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+struct PublishGuard<'a>(&'a AtomicU64);
+
+impl<'a> PublishGuard<'a> {
+    fn new(c: &'a AtomicU64) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        Self(c)
+    }
+}
+
+impl Drop for PublishGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receiver<StdinMsg>) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            StdinMsg::Data(d) => {
+                if stdin.write_all(d.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            StdinMsg::Eof => break,
+        }
+    }
+    // Dropping `stdin` closes the pipe: the process sees end of file.
+}
+
