@@ -1,1 +1,20 @@
+//! cowork-microvm: the Cowork VM helper for Claude Desktop on Linux.
+//!
+//! The binary speaks the app's helper socket protocol ([`protocol`],
+//! [`server`], [`dispatch`]) and runs sessions on the backend [`select`]
+//! picks. [`client`] is the same protocol from the other side, used by
+//! `run` and `bench`.
 
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod dispatch;
+pub mod doctor;
+pub mod logging;
+pub mod protocol;
+pub mod run;
+pub mod select;
+pub mod server;
+pub mod unavailable;

@@ -1,1 +1,54 @@
-fn main(){}
+use std::process::ExitCode;
+
+use clap::Parser;
+use cowork_microvm::cli::{normalize_args, Cli, Command};
+use cowork_microvm::config::{default_socket, Settings};
+use cowork_microvm::{app, bench, doctor, logging, run, server};
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn serve(socket: Option<std::path::PathBuf>, backend: Option<String>) -> anyhow::Result<()> {
+    let settings = Settings::load();
+    let log = logging::init(logging::log_file_path(&settings.home).as_deref());
+    tracing::info!(pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "cowork-microvm starting");
+    let sel = app::choose(&settings, backend.as_deref());
+    let helper = app::build(&settings, &sel, log);
+    let socket = socket.unwrap_or_else(default_socket);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let bound = server::bind(&socket)?;
+        server::run(helper, bound).await?;
+        anyhow::Ok(())
+    });
+    match &result {
+        Ok(()) => tracing::info!("cowork-microvm exiting"),
+        Err(e) => tracing::error!("cowork-microvm exiting: {e:#}"),
+    }
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Command::Serve { socket, backend } => serve(socket, backend).map(|()| 0),
+        Command::Run(args) => run::main(args),
+        Command::Doctor { json } => Ok(doctor::main(json)),
+        Command::Bench(args) => bench::main(args),
+    };
+    match result {
+        Ok(code) => exit(code),
+        Err(e) => {
+            eprintln!("cowork-microvm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -376,7 +376,13 @@ pub fn is_executable(p: &Path) -> bool {
 fn read_limited(path: &Path) -> Result<String> {
     use std::io::Read;
     let shown = || path.display().to_string();
-    let f = std::fs::File::open(path).map_err(|e| BackendError::io(format!("cannot open {}", shown()), e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: a FIFO planted by a session must not park a thread forever.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| BackendError::io(format!("cannot open {}", shown()), e))?;
     let meta = f.metadata().map_err(|e| BackendError::io(shown(), e))?;
     if !meta.is_file() {
         return Err(BackendError::invalid("readFile", format!("{} is not a regular file", shown())));

@@ -1,0 +1,61 @@
+//! Putting a helper together: settings, logging, the chosen backend.
+
+use std::sync::Arc;
+
+use cowork_backend::{Backend, EventBus};
+use cowork_bwrap_fallback::{HostBackend, HostDirs};
+
+use crate::config::Settings;
+use crate::dispatch::Helper;
+use crate::logging::LogControl;
+use crate::select::{select, Kind, Selection};
+use crate::unavailable::UnavailableBackend;
+
+/// Selects the backend (`cli_backend` wins over the settings) and logs why.
+pub fn choose(settings: &Settings, cli_backend: Option<&str>) -> Selection {
+    let forced = cli_backend
+        .map(|b| (b, "--backend"))
+        .or(settings.backend.as_ref().map(|(v, src)| (v.as_str(), *src)));
+    let sel = select(forced);
+    for p in &settings.problems {
+        tracing::warn!("config: {p}");
+    }
+    for n in &sel.notes {
+        tracing::info!("backend selection: {n}");
+    }
+    tracing::info!(backend = sel.chosen.as_str(), "backend selected: {}", sel.why);
+    if sel.chosen == Kind::Host {
+        tracing::warn!("=== host backend: sessions run with NO isolation and full network access ===");
+    }
+    sel
+}
+
+pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
+    let bus = EventBus::new();
+    let backend: Arc<dyn Backend> = match (sel.chosen, sel.usable) {
+        (Kind::Host, _) => Arc::new(HostBackend::new(
+            HostDirs {
+                home: settings.home.clone(),
+                data: settings.data_dir.clone(),
+            },
+            bus.clone(),
+        )),
+        (kind, _) => {
+            let reason = sel
+                .probe(kind)
+                .map(|p| match &p.fix {
+                    Some(fix) => format!("{} (fix: {fix})", p.detail),
+                    None => p.detail.clone(),
+                })
+                .unwrap_or_default();
+            if !sel.usable {
+                tracing::error!(backend = kind.as_str(), "the requested backend cannot run here: {reason}");
+            }
+            Arc::new(UnavailableBackend {
+                name: kind.as_str(),
+                reason,
+            })
+        }
+    };
+    Helper { backend, bus, log }
+}

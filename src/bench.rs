@@ -1,0 +1,295 @@
+//! `cowork-microvm bench`: figures measured through the real socket
+//! protocol against a helper started as a child process (so its memory is
+//! its own), each backend side by side in one run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::BenchArgs;
+use crate::client::{Client, EventStream};
+use crate::select::Kind;
+
+const WARMUP: usize = 10;
+
+#[derive(Serialize, Default)]
+struct Stats {
+    samples: usize,
+    median: f64,
+    p90: f64,
+    p99: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    if v.is_empty() {
+        return Stats::default();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        samples: v.len(),
+        median: pick(0.5),
+        p90: pick(0.9),
+        p99: pick(0.99),
+        min: v[0],
+        max: v[v.len() - 1],
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendResult {
+    backend: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spawn_exit_ms: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout_mib_s: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    helper_rss_kib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    helper_peak_rss_kib: Option<u64>,
+}
+
+impl BackendResult {
+    fn new(backend: &str) -> Self {
+        Self {
+            backend: backend.into(),
+            skipped: None,
+            error: None,
+            spawn_exit_ms: None,
+            stdout_mib_s: None,
+            helper_rss_kib: None,
+            helper_peak_rss_kib: None,
+        }
+    }
+}
+
+/// The helper under test, killed when dropped.
+struct HelperProcess {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Drop for HelperProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl HelperProcess {
+    fn start(backend: &str) -> Result<HelperProcess> {
+        let dir = std::env::temp_dir().join(format!("cowork-bench-{}-{backend}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let socket = dir.join("s.sock");
+        let child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--backend", backend, "--socket"])
+            .arg(&socket)
+            .env("COWORK_VM_LOG_FILE", "")
+            .env("COWORK_VM_DATA_DIR", dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start the helper")?;
+        let h = HelperProcess { child, dir, socket };
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&h.socket).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("the helper did not listen within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(h)
+    }
+
+    fn rss_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with(field))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+}
+
+async fn wait_exit(events: &mut EventStream, id: &str, mut on_data: impl FnMut(usize)) -> Result<()> {
+    loop {
+        let ev = events.next().await?;
+        if !ev.is_for(id) {
+            continue;
+        }
+        match ev.kind.as_str() {
+            "stdout" | "stderr" => on_data(ev.data.map(|d| d.len()).unwrap_or(0)),
+            "exit" => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+fn output_file(dir: &Path, mib: usize) -> Result<PathBuf> {
+    let path = dir.join("output.txt");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let line = format!("{}\n", "cowork-microvm bench output line ".repeat(3));
+    let mut written = 0;
+    while written < mib * 1024 * 1024 {
+        f.write_all(line.as_bytes())?;
+        written += line.len();
+    }
+    f.flush()?;
+    Ok(path)
+}
+
+async fn measure(kind: &str, iterations: usize, mib: usize, repeats: usize) -> Result<BackendResult> {
+    let mut res = BackendResult::new(kind);
+    let helper = HelperProcess::start(kind)?;
+    let client = Client::connect(&helper.socket).await?;
+    client.call("configure", json!({"userDataName": "bench", "sessionOnly": true})).await?;
+    let mut events = EventStream::subscribe(&helper.socket).await?;
+    client.call("startVM", json!({})).await.context("startVM")?;
+
+    eprintln!("bench [{kind}] spawn→exit of /bin/true: {WARMUP} warm-up + {iterations}");
+    let mut lat = Vec::with_capacity(iterations);
+    for i in 0..WARMUP + iterations {
+        let id = format!("t{i}");
+        let t0 = Instant::now();
+        client
+            .call("spawn", json!({"id": id, "name": "bench", "command": "/bin/true", "args": []}))
+            .await?;
+        wait_exit(&mut events, &id, |_| {}).await?;
+        if i >= WARMUP {
+            lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    res.spawn_exit_ms = Some(stats(lat));
+
+    let file = output_file(&helper.dir, mib)?;
+    eprintln!("bench [{kind}] stdout throughput: {repeats} × {mib} MiB");
+    let mut rates = Vec::new();
+    for i in 0..repeats + 1 {
+        let id = format!("o{i}");
+        let mut bytes = 0usize;
+        let t0 = Instant::now();
+        client
+            .call("spawn", json!({"id": id, "name": "bench", "command": "cat", "args": [file]}))
+            .await?;
+        wait_exit(&mut events, &id, |n| bytes += n).await?;
+        let secs = t0.elapsed().as_secs_f64();
+        if bytes != mib * 1024 * 1024 && bytes < mib * 1024 * 1024 {
+            bail!("output lost: got {bytes} of at least {} bytes", mib * 1024 * 1024);
+        }
+        if i > 0 {
+            rates.push(bytes as f64 / (1024.0 * 1024.0) / secs);
+        }
+    }
+    res.stdout_mib_s = Some(stats(rates));
+    client.call("stopVM", json!({})).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    res.helper_rss_kib = helper.rss_kib("VmRSS:");
+    res.helper_peak_rss_kib = helper.rss_kib("VmHWM:");
+    Ok(res)
+}
+
+fn skip_reason(kind: Kind) -> Option<String> {
+    match kind {
+        Kind::Host => None,
+        Kind::Bwrap => Some(crate::select::probe_bwrap())
+            .filter(|p| !p.usable)
+            .map(|p| p.detail)
+            .or(Some("the bwrap backend is not built into this version yet".into())),
+        Kind::Kvm => Some(crate::select::probe_kvm().detail),
+    }
+}
+
+pub fn main(args: BenchArgs) -> Result<i32> {
+    let (iterations, mib, repeats) = if args.quick {
+        (args.iterations.min(30), args.output_mib.min(16), 2)
+    } else {
+        (args.iterations, args.output_mib, 5)
+    };
+    if iterations == 0 || mib == 0 {
+        bail!("--iterations and --output-mib must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut results = Vec::new();
+    for name in args.backend.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(kind) = Kind::parse(name) else {
+            let mut r = BackendResult::new(name);
+            r.skipped = Some("not a backend (kvm, bwrap, host)".into());
+            results.push(r);
+            continue;
+        };
+        if let Some(why) = skip_reason(kind) {
+            eprintln!("bench [{name}] skipped: {why}");
+            let mut r = BackendResult::new(name);
+            r.skipped = Some(why);
+            results.push(r);
+            continue;
+        }
+        match rt.block_on(measure(kind.as_str(), iterations, mib, repeats)) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("bench [{name}] failed: {e:#}");
+                let mut r = BackendResult::new(name);
+                r.error = Some(format!("{e:#}"));
+                results.push(r);
+            }
+        }
+    }
+    print_table(&results);
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "tool": "cowork-microvm bench",
+            "version": env!("CARGO_PKG_VERSION"),
+            "profile": if args.quick { "quick" } else { "full" },
+            "iterations": iterations,
+            "outputMiB": mib,
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(if results.iter().any(|r| r.error.is_some()) { 1 } else { 0 })
+}
+
+fn print_table(results: &[BackendResult]) {
+    println!(
+        "{:<8} {:>14} {:>12} {:>16} {:>12} {:>14}",
+        "backend", "spawn→exit p50", "p90 (ms)", "stdout MiB/s p50", "RSS (MiB)", "peak RSS (MiB)"
+    );
+    for r in results {
+        if let Some(why) = r.skipped.as_ref().or(r.error.as_ref()) {
+            let label = if r.skipped.is_some() { "skipped" } else { "FAILED" };
+            println!("{:<8} {label}: {why}", r.backend);
+            continue;
+        }
+        let ms = r.spawn_exit_ms.as_ref();
+        let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or("-".into());
+        println!(
+            "{:<8} {:>14.3} {:>12.3} {:>16.0} {:>12} {:>14}",
+            r.backend,
+            ms.map(|s| s.median).unwrap_or(0.0),
+            ms.map(|s| s.p90).unwrap_or(0.0),
+            r.stdout_mib_s.as_ref().map(|s| s.median).unwrap_or(0.0),
+            mib(r.helper_rss_kib),
+            mib(r.helper_peak_rss_kib),
+        );
+    }
+}

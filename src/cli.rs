@@ -1,0 +1,136 @@
+//! The command line. The app starts us as `<helper> -socket <path>` (one
+//! dash), and the community launcher as `<node> cowork-vm-service.js -socket
+//! <path>`; [`normalize_args`] maps both onto `serve --socket <path>`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "cowork-microvm", version, about = "Cowork VM helper for Claude Desktop on Linux")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the helper socket (what the desktop app starts).
+    Serve {
+        /// Socket path [default: $XDG_RUNTIME_DIR/cowork-vm-service.sock].
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Force a backend: kvm, bwrap or host.
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Run one command in a session, as the app would, and exit with its code.
+    Run(RunArgs),
+    /// Say which backend will run and why, what is missing, and how to fix it.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure spawn latency, output throughput and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Force a backend: kvm, bwrap or host.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Use a helper already serving this socket instead of one in-process.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Share HOSTDIR at /sessions/<session>/mnt/NAME (read-only with :ro).
+    /// The first one is the working directory. Default: the current
+    /// directory, when it is inside your home.
+    #[arg(long = "mount", value_name = "HOSTDIR[:NAME[:ro|rw]]")]
+    pub mounts: Vec<String>,
+    /// Allow the session to reach this domain (repeatable; `*.example.com`).
+    #[arg(long = "allow-domain", value_name = "DOMAIN")]
+    pub allow_domains: Vec<String>,
+    /// Session name [default: run-<pid>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Backends to measure, comma-separated (host, bwrap, kvm).
+    #[arg(long, default_value = "host")]
+    pub backend: String,
+    /// Spawn/exit round trips per backend (after warm-up).
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// MiB of output per throughput run.
+    #[arg(long, default_value_t = 256)]
+    pub output_mib: usize,
+    /// A short profile for CI.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the results as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// Rewrites the app's and the community launcher's argument forms into
+/// this CLI's: a leading `...cowork-vm-service.js` is dropped, `-socket P`
+/// and `-socket=P` become `serve --socket P`, and no arguments means `serve`.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    if args.len() > 1 && args[1].to_string_lossy().ends_with("cowork-vm-service.js") {
+        args.remove(1);
+    }
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    match first.as_deref() {
+        None => args.push("serve".into()),
+        Some(a) if a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version") => {
+            args.insert(1, "serve".into());
+        }
+        _ => {}
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-socket") => "--socket".into(),
+            Some(s) if s.starts_with("-socket=") => format!("-{s}").into(),
+            _ => a,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(v: &[&str]) -> Vec<String> {
+        normalize_args(v.iter().map(OsString::from))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn app_and_community_forms() {
+        assert_eq!(norm(&["h", "-socket", "/s"]), ["h", "serve", "--socket", "/s"]);
+        assert_eq!(
+            norm(&["h", "/usr/lib/claude/cowork-vm-service.js", "-socket", "/s"]),
+            ["h", "serve", "--socket", "/s"]
+        );
+        assert_eq!(norm(&["h", "-socket=/s"]), ["h", "serve", "--socket=/s"]);
+        assert_eq!(norm(&["h"]), ["h", "serve"]);
+        assert_eq!(norm(&["h", "doctor"]), ["h", "doctor"]);
+        assert_eq!(norm(&["h", "--help"]), ["h", "--help"]);
+        let cli = Cli::try_parse_from(norm(&["h", "-socket", "/s"])).unwrap();
+        assert!(matches!(cli.command, Command::Serve { socket: Some(_), .. }));
+        let run = Cli::try_parse_from(["h", "run", "--mount", "/a:x:ro", "--", "ls", "-la"]).unwrap();
+        let Command::Run(r) = run.command else { panic!() };
+        assert_eq!(r.command, ["ls", "-la"]);
+    }
+}

@@ -1,0 +1,113 @@
+//! Where things live, and the helper's own settings: environment variables
+//! and `~/.config/cowork-microvm/config.json`. Every source is untrusted: a
+//! bad value is logged and ignored, never fatal.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const CONFIG_ENV: &str = "COWORK_MICROVM_CONFIG";
+/// This project's own backend choice; wins over COWORK_VM_BACKEND, which the
+/// community launcher already spends on `bwrap`.
+pub const BACKEND_ENV: &str = "COWORK_MICROVM_BACKEND";
+/// The community daemon's override, honoured the same way.
+pub const COMMUNITY_BACKEND_ENV: &str = "COWORK_VM_BACKEND";
+pub const DATA_DIR_ENV: &str = "COWORK_VM_DATA_DIR";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileConfig {
+    /// "kvm", "bwrap" or "host".
+    pub backend: Option<String>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub home: PathBuf,
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    /// The configured backend and where it came from, if any.
+    pub backend: Option<(String, &'static str)>,
+    /// Problems found while reading the settings, for the log and doctor.
+    pub problems: Vec<String>,
+}
+
+fn env_path(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
+pub fn home_dir() -> PathBuf {
+    env_path("HOME")
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// The socket a direct run uses without `-socket`.
+pub fn default_socket() -> PathBuf {
+    env_path("XDG_RUNTIME_DIR")
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+        .join("cowork-vm-service.sock")
+}
+
+fn read_file_config(path: &Path, problems: &mut Vec<String>) -> FileConfig {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return FileConfig::default(),
+        Err(e) => {
+            problems.push(format!("cannot read {}: {e}; ignoring it", path.display()));
+            return FileConfig::default();
+        }
+    };
+    if text.len() > 1024 * 1024 {
+        problems.push(format!("{} is over 1 MiB; ignoring it", path.display()));
+        return FileConfig::default();
+    }
+    serde_json::from_slice(&text).unwrap_or_else(|e| {
+        problems.push(format!("{} is not valid: {e}; ignoring it", path.display()));
+        FileConfig::default()
+    })
+}
+
+impl Settings {
+    pub fn load() -> Self {
+        let home = home_dir();
+        let config_path = env_path(CONFIG_ENV).unwrap_or_else(|| {
+            env_path("XDG_CONFIG_HOME")
+                .unwrap_or_else(|| home.join(".config"))
+                .join("cowork-microvm/config.json")
+        });
+        let mut problems = Vec::new();
+        let file = read_file_config(&config_path, &mut problems);
+        let data_dir = env_path(DATA_DIR_ENV)
+            .or(file.data_dir.filter(|d| d.is_absolute()))
+            .unwrap_or_else(|| {
+                env_path("XDG_DATA_HOME")
+                    .unwrap_or_else(|| home.join(".local/share"))
+                    .join("cowork-microvm")
+            });
+        let backend = std::env::var(BACKEND_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| (v, BACKEND_ENV))
+            .or(file.backend.map(|v| (v, "config file")))
+            .or_else(|| {
+                std::env::var(COMMUNITY_BACKEND_ENV)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, COMMUNITY_BACKEND_ENV))
+            });
+        Settings {
+            home,
+            data_dir,
+            config_path,
+            backend,
+            problems,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Which backend serves, decided the way the community daemon decides
+//! (backends.md): an explicit choice, else bwrap if it works, else kvm if it
+//! can run here, else host with a loud warning.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// How long the `bwrap --ro-bind / / true` probe may take.
+const BWRAP_PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Kvm,
+    Bwrap,
+    Host,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "kvm" => Some(Kind::Kvm),
+            "bwrap" => Some(Kind::Bwrap),
+            "host" => Some(Kind::Host),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Kvm => "kvm",
+            Kind::Bwrap => "bwrap",
+            Kind::Host => "host",
+        }
+    }
+}
+
+/// What a backend's check found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub backend: Kind,
+    pub usable: bool,
+    /// Why it is or is not usable.
+    pub detail: String,
+    /// The command that fixes it, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Selection {
+    pub chosen: Kind,
+    /// Whether `chosen` can actually run sessions.
+    pub usable: bool,
+    pub why: String,
+    pub probes: Vec<Probe>,
+    pub notes: Vec<String>,
+}
+
+impl Selection {
+    pub fn probe(&self, kind: Kind) -> Option<&Probe> {
+        self.probes.iter().find(|p| p.backend == kind)
+    }
+}
+
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| cowork_bwrap_fallback::host::is_executable(p))
+}
+
+/// Stderr of a failed bwrap probe that means unprivileged user namespaces
+/// are blocked (Ubuntu 24.04+ AppArmor, or a sysctl).
+fn userns_blocked(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    [
+        "user namespace",
+        "apparmor",
+        "operation not permitted",
+        "uid map",
+        "gid map",
+        "setting up uid map",
+        "clone_newuser",
+        "clone_newns",
+        "cap_sys_admin",
+        "no permissions to create new namespace",
+    ]
+    .iter()
+    .any(|p| s.contains(p))
+}
+
+pub const APPARMOR_FIX: &str = "sudo sh -c 'printf \"abi <abi/4.0>,\\ninclude <tunables/global>\\nprofile bwrap /usr/bin/bwrap flags=(unconfined) {\\n  userns,\\n}\\n\" > /etc/apparmor.d/bwrap && apparmor_parser -r /etc/apparmor.d/bwrap'   (or, system-wide: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)";
+
+/// Runs `bwrap --ro-bind / / true` with a time limit.
+pub fn probe_bwrap() -> Probe {
+    let fail = |detail: String, fix: Option<String>| Probe {
+        backend: Kind::Bwrap,
+        usable: false,
+        detail,
+        fix,
+    };
+    let Some(bwrap) = find_on_path("bwrap") else {
+        return fail(
+            "bwrap is not installed".into(),
+            Some("sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap; Arch: sudo pacman -S bubblewrap)".into()),
+        );
+    };
+    let child = Command::new(&bwrap)
+        .args(["--ro-bind", "/", "/", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return fail(format!("cannot run {}: {e}", bwrap.display()), None),
+    };
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if start.elapsed() < BWRAP_PROBE_LIMIT => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.by_ref().take(4096).read_to_string(&mut stderr);
+    }
+    match status {
+        None => fail(format!("`bwrap --ro-bind / / true` did not finish within {}s", BWRAP_PROBE_LIMIT.as_secs()), None),
+        Some(st) if st.success() => Probe {
+            backend: Kind::Bwrap,
+            usable: true,
+            detail: format!("{} can create namespaces", bwrap.display()),
+            fix: None,
+        },
+        Some(_) if userns_blocked(&stderr) => fail(
+            format!(
+                "bwrap cannot create a user namespace: unprivileged user namespaces are blocked (Ubuntu 24.04+ sets apparmor_restrict_unprivileged_userns=1). bwrap said: {}",
+                stderr.trim()
+            ),
+            Some(APPARMOR_FIX.into()),
+        ),
+        Some(st) => fail(format!("`bwrap --ro-bind / / true` failed ({st}): {}", stderr.trim()), None),
+    }
+}
+
+/// Whether /dev/kvm is provided by the kvm_pvm module (no hardware
+/// virtualization: a standard guest kernel cannot boot there).
+pub fn kvm_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+pub fn kvm_rw() -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    let dev = Path::new("/dev/kvm");
+    if !dev.exists() {
+        return Err("/dev/kvm does not exist (no KVM on this machine, or the kvm module is not loaded)".into());
+    }
+    access(dev, AccessFlags::R_OK | AccessFlags::W_OK)
+        .map_err(|e| format!("/dev/kvm is not read-write for you: {e}"))
+}
+
+pub fn probe_kvm() -> Probe {
+    let mut detail = match kvm_rw() {
+        Ok(()) => "/dev/kvm is read-write".to_string(),
+        Err(e) => {
+            return Probe {
+                backend: Kind::Kvm,
+                usable: false,
+                detail: e,
+                fix: Some("sudo usermod -aG kvm $USER   (then log in again)".into()),
+            }
+        }
+    };
+    if kvm_is_pvm() {
+        detail.push_str(", but it is PVM-backed (kvm_pvm): a standard guest kernel cannot boot on it");
+    }
+    detail.push_str("; the kvm backend (in-process microVM) is not built into this version yet");
+    Probe {
+        backend: Kind::Kvm,
+        usable: false,
+        detail,
+        fix: None,
+    }
+}
+
+/// Decides the backend. `forced` is an explicit choice and where it came
+/// from (CLI flag, environment, config file).
+pub fn select(forced: Option<(&str, &str)>) -> Selection {
+    let mut notes = Vec::new();
+    let bwrap = probe_bwrap();
+    let kvm = probe_kvm();
+    let host = Probe {
+        backend: Kind::Host,
+        usable: true,
+        detail: "always available; NO isolation: sessions see all your files and the network".into(),
+        fix: None,
+    };
+    let probes = vec![bwrap.clone(), kvm.clone(), host];
+    // bwrap works as a sandbox, but its backend is its own issue's work.
+    let bwrap_backend_ready = false;
+
+    if let Some((value, source)) = forced {
+        match Kind::parse(value) {
+            Some(kind) => {
+                let usable = match kind {
+                    Kind::Host => true,
+                    Kind::Bwrap => bwrap.usable && bwrap_backend_ready,
+                    Kind::Kvm => kvm.usable,
+                };
+                return Selection {
+                    chosen: kind,
+                    usable,
+                    why: format!("{source}={value}"),
+                    probes,
+                    notes,
+                };
+            }
+            None => notes.push(format!(
+                "{source}={value:?} is not a backend (kvm, bwrap, host); detecting instead"
+            )),
+        }
+    }
+    let pick = |chosen: Kind, usable: bool, why: String, mut notes: Vec<String>| {
+        if chosen != Kind::Kvm && kvm.usable {
+            notes.push("kvm is usable here: COWORK_MICROVM_BACKEND=kvm gives VM isolation".into());
+        }
+        Selection { chosen, usable, why, probes: probes.clone(), notes }
+    };
+    if find_on_path("bwrap").is_some() && !bwrap.usable {
+        notes.push(format!("bwrap is installed but unusable: {}", bwrap.detail));
+        return pick(Kind::Host, true, "bwrap is installed but cannot run (not falling through to kvm)".into(), notes);
+    }
+    if bwrap.usable {
+        if bwrap_backend_ready {
+            return pick(Kind::Bwrap, true, "bwrap works".into(), notes);
+        }
+        notes.push("bwrap works, but the bwrap backend is not built into this version yet".into());
+    }
+    if kvm.usable {
+        return pick(Kind::Kvm, true, "/dev/kvm and a verified guest image are present".into(), notes);
+    }
+    pick(Kind::Host, true, "no sandboxed backend is usable".into(), notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_userns_failures() {
+        assert!(userns_blocked("bwrap: setting up uid map: Permission denied"));
+        assert!(userns_blocked("bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces."));
+        assert!(!userns_blocked("bwrap: execvp true: No such file or directory"));
+    }
+
+    #[test]
+    fn override_is_case_insensitive_and_unknown_values_detect() {
+        assert_eq!(Kind::parse(" KVM "), Some(Kind::Kvm));
+        let s = select(Some(("HoSt", "test")));
+        assert_eq!(s.chosen, Kind::Host);
+        let s = select(Some(("qemu", "test")));
+        assert!(s.notes.iter().any(|n| n.contains("not a backend")));
+    }
+}
