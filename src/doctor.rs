@@ -10,6 +10,7 @@ use crate::select::{kvm_is_pvm, Kind, Selection};
 use crate::server::socket::dir_problems;
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Report {
     backend: Kind,
     why: String,
