@@ -23,9 +23,15 @@ pub fn choose(settings: &Settings, cli_backend: Option<&str>) -> Selection {
     for n in &sel.notes {
         tracing::info!("backend selection: {n}");
     }
-    tracing::info!(backend = sel.chosen.as_str(), "backend selected: {}", sel.why);
+    tracing::info!(
+        backend = sel.chosen.as_str(),
+        "backend selected: {}",
+        sel.why
+    );
     if sel.chosen == Kind::Host {
-        tracing::warn!("=== host backend: sessions run with NO isolation and full network access ===");
+        tracing::warn!(
+            "=== host backend: sessions run with NO isolation and full network access ==="
+        );
     }
     sel
 }
@@ -49,7 +55,10 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
                 })
                 .unwrap_or_default();
             if !sel.usable {
-                tracing::error!(backend = kind.as_str(), "the requested backend cannot run here: {reason}");
+                tracing::error!(
+                    backend = kind.as_str(),
+                    "the requested backend cannot run here: {reason}"
+                );
             }
             Arc::new(UnavailableBackend {
                 name: kind.as_str(),

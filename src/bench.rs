@@ -92,7 +92,8 @@ impl Drop for HelperProcess {
 
 impl HelperProcess {
     fn start(backend: &str) -> Result<HelperProcess> {
-        let dir = std::env::temp_dir().join(format!("cowork-bench-{}-{backend}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("cowork-bench-{}-{backend}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("s.sock");
@@ -129,7 +130,11 @@ impl HelperProcess {
     }
 }
 
-async fn wait_exit(events: &mut EventStream, id: &str, mut on_data: impl FnMut(usize)) -> Result<()> {
+async fn wait_exit(
+    events: &mut EventStream,
+    id: &str,
+    mut on_data: impl FnMut(usize),
+) -> Result<()> {
     loop {
         let ev = events.next().await?;
         if !ev.is_for(id) {
@@ -156,11 +161,21 @@ fn output_file(dir: &Path, mib: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn measure(kind: &str, iterations: usize, mib: usize, repeats: usize) -> Result<BackendResult> {
+async fn measure(
+    kind: &str,
+    iterations: usize,
+    mib: usize,
+    repeats: usize,
+) -> Result<BackendResult> {
     let mut res = BackendResult::new(kind);
     let helper = HelperProcess::start(kind)?;
     let client = Client::connect(&helper.socket).await?;
-    client.call("configure", json!({"userDataName": "bench", "sessionOnly": true})).await?;
+    client
+        .call(
+            "configure",
+            json!({"userDataName": "bench", "sessionOnly": true}),
+        )
+        .await?;
     let mut events = EventStream::subscribe(&helper.socket).await?;
     client.call("startVM", json!({})).await.context("startVM")?;
 
@@ -170,7 +185,10 @@ async fn measure(kind: &str, iterations: usize, mib: usize, repeats: usize) -> R
         let id = format!("t{i}");
         let t0 = Instant::now();
         client
-            .call("spawn", json!({"id": id, "name": "bench", "command": "/bin/true", "args": []}))
+            .call(
+                "spawn",
+                json!({"id": id, "name": "bench", "command": "/bin/true", "args": []}),
+            )
             .await?;
         wait_exit(&mut events, &id, |_| {}).await?;
         if i >= WARMUP {
@@ -187,12 +205,18 @@ async fn measure(kind: &str, iterations: usize, mib: usize, repeats: usize) -> R
         let mut bytes = 0usize;
         let t0 = Instant::now();
         client
-            .call("spawn", json!({"id": id, "name": "bench", "command": "cat", "args": [file]}))
+            .call(
+                "spawn",
+                json!({"id": id, "name": "bench", "command": "cat", "args": [file]}),
+            )
             .await?;
         wait_exit(&mut events, &id, |n| bytes += n).await?;
         let secs = t0.elapsed().as_secs_f64();
         if bytes != mib * 1024 * 1024 && bytes < mib * 1024 * 1024 {
-            bail!("output lost: got {bytes} of at least {} bytes", mib * 1024 * 1024);
+            bail!(
+                "output lost: got {bytes} of at least {} bytes",
+                mib * 1024 * 1024
+            );
         }
         if i > 0 {
             rates.push(bytes as f64 / (1024.0 * 1024.0) / secs);
@@ -212,7 +236,9 @@ fn skip_reason(kind: Kind) -> Option<String> {
         Kind::Bwrap => Some(crate::select::probe_bwrap())
             .filter(|p| !p.usable)
             .map(|p| p.detail)
-            .or(Some("the bwrap backend is not built into this version yet".into())),
+            .or(Some(
+                "the bwrap backend is not built into this version yet".into(),
+            )),
         Kind::Kvm => Some(crate::select::probe_kvm().detail),
     }
 }
@@ -226,9 +252,16 @@ pub fn main(args: BenchArgs) -> Result<i32> {
     if iterations == 0 || mib == 0 {
         bail!("--iterations and --output-mib must be at least 1");
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut results = Vec::new();
-    for name in args.backend.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for name in args
+        .backend
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         let Some(kind) = Kind::parse(name) else {
             let mut r = BackendResult::new(name);
             r.skipped = Some("not a backend (kvm, bwrap, host)".into());
@@ -266,7 +299,11 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
-    Ok(if results.iter().any(|r| r.error.is_some()) { 1 } else { 0 })
+    Ok(if results.iter().any(|r| r.error.is_some()) {
+        1
+    } else {
+        0
+    })
 }
 
 fn print_table(results: &[BackendResult]) {
@@ -276,12 +313,19 @@ fn print_table(results: &[BackendResult]) {
     );
     for r in results {
         if let Some(why) = r.skipped.as_ref().or(r.error.as_ref()) {
-            let label = if r.skipped.is_some() { "skipped" } else { "FAILED" };
+            let label = if r.skipped.is_some() {
+                "skipped"
+            } else {
+                "FAILED"
+            };
             println!("{:<8} {label}: {why}", r.backend);
             continue;
         }
         let ms = r.spawn_exit_ms.as_ref();
-        let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or("-".into());
+        let mib = |k: Option<u64>| {
+            k.map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or("-".into())
+        };
         println!(
             "{:<8} {:>14.3} {:>12.3} {:>16.0} {:>12} {:>14}",
             r.backend,

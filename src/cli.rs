@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "cowork-microvm", version, about = "Cowork VM helper for Claude Desktop on Linux")]
+#[command(
+    name = "cowork-microvm",
+    version,
+    about = "Cowork VM helper for Claude Desktop on Linux"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -118,7 +122,10 @@ mod tests {
 
     #[test]
     fn app_and_community_forms() {
-        assert_eq!(norm(&["h", "-socket", "/s"]), ["h", "serve", "--socket", "/s"]);
+        assert_eq!(
+            norm(&["h", "-socket", "/s"]),
+            ["h", "serve", "--socket", "/s"]
+        );
         assert_eq!(
             norm(&["h", "/usr/lib/claude/cowork-vm-service.js", "-socket", "/s"]),
             ["h", "serve", "--socket", "/s"]
@@ -128,9 +135,18 @@ mod tests {
         assert_eq!(norm(&["h", "doctor"]), ["h", "doctor"]);
         assert_eq!(norm(&["h", "--help"]), ["h", "--help"]);
         let cli = Cli::try_parse_from(norm(&["h", "-socket", "/s"])).unwrap();
-        assert!(matches!(cli.command, Command::Serve { socket: Some(_), .. }));
-        let run = Cli::try_parse_from(["h", "run", "--mount", "/a:x:ro", "--", "ls", "-la"]).unwrap();
-        let Command::Run(r) = run.command else { panic!() };
+        assert!(matches!(
+            cli.command,
+            Command::Serve {
+                socket: Some(_),
+                ..
+            }
+        ));
+        let run =
+            Cli::try_parse_from(["h", "run", "--mount", "/a:x:ro", "--", "ls", "-la"]).unwrap();
+        let Command::Run(r) = run.command else {
+            panic!()
+        };
         assert_eq!(r.command, ["ls", "-la"]);
     }
 }

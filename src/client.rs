@@ -24,7 +24,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the helper said: {0}")]
     Remote(String),
     #[error("{0} timed out")]
@@ -44,10 +47,12 @@ pub struct Client {
 }
 
 async fn connect(path: &Path) -> Result<UnixStream, ClientError> {
-    UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
-        path: path.display().to_string(),
-        source,
-    })
+    UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl Client {
@@ -66,7 +71,10 @@ impl Client {
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let frame = encode_frame(&json!({"method": method, "id": id, "params": params}))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.writer
@@ -79,7 +87,10 @@ impl Client {
             Ok(Ok(v)) => v,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 return Err(ClientError::Timeout(method.to_string()));
             }
         };
@@ -89,18 +100,31 @@ impl Client {
 
 fn into_result(mut reply: Value) -> Result<Value, ClientError> {
     if reply.get("success") == Some(&Value::Bool(true)) {
-        Ok(reply.get_mut("result").map(Value::take).unwrap_or(json!({})))
+        Ok(reply
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(json!({})))
     } else {
-        let msg = reply.get("error").and_then(Value::as_str).unwrap_or("request failed");
+        let msg = reply
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("request failed");
         Err(ClientError::Remote(msg.to_string()))
     }
 }
 
 async fn read_replies(mut rd: OwnedReadHalf, pending: Pending) {
     while let Ok(Some(body)) = read_frame(&mut rd).await {
-        let Ok(reply) = serde_json::from_slice::<Value>(&body) else { continue };
-        let Some(id) = reply.get("id").and_then(Value::as_u64) else { continue };
-        let tx = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        let Ok(reply) = serde_json::from_slice::<Value>(&body) else {
+            continue;
+        };
+        let Some(id) = reply.get("id").and_then(Value::as_u64) else {
+            continue;
+        };
+        let tx = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         if let Some(tx) = tx {
             let _ = tx.send(reply);
         }
@@ -160,12 +184,15 @@ impl EventStream {
         let (mut rd, mut wr) = connect(path).await?.into_split();
         let frame = encode_frame(&json!({"method": "subscribeEvents", "params": {}}))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        wr.write_all(&frame).await.map_err(|_| ClientError::Closed)?;
+        wr.write_all(&frame)
+            .await
+            .map_err(|_| ClientError::Closed)?;
         let ack = read_frame(&mut rd)
             .await
             .map_err(|e| ClientError::Protocol(e.to_string()))?
             .ok_or(ClientError::Closed)?;
-        let ack: Value = serde_json::from_slice(&ack).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let ack: Value =
+            serde_json::from_slice(&ack).map_err(|e| ClientError::Protocol(e.to_string()))?;
         into_result(ack)?;
         Ok(EventStream { rd, _wr: wr })
     }

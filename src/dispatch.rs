@@ -144,19 +144,26 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
                 Ok(st) => to_value(st),
                 // Retried by the client: an id it never spawned is simply
                 // not running.
-                Err(cowork_backend::BackendError::NoSuchProcess(_)) => Ok(json!({"running": false})),
+                Err(cowork_backend::BackendError::NoSuchProcess(_)) => {
+                    Ok(json!({"running": false}))
+                }
                 Err(e) => Err(e.to_string()),
             }
         }
         "readFile" => {
             let r: ReadFile = params(method, p)?;
-            let content = b.read_file(&r.process_name, &r.file_path).await.map_err(err)?;
+            let content = b
+                .read_file(&r.process_name, &r.file_path)
+                .await
+                .map_err(err)?;
             Ok(json!({ "content": content }))
         }
         "mountPath" => to_value(b.mount_path(params(method, p)?).await.map_err(err)?),
         "installSdk" => {
             let s: InstallSdk = params(method, p)?;
-            b.install_sdk(&s.sdk_subpath, &s.version).await.map_err(err)?;
+            b.install_sdk(&s.sdk_subpath, &s.version)
+                .await
+                .map_err(err)?;
             empty()
         }
         "addApprovedOauthToken" => {
@@ -166,24 +173,40 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
         }
         "getSessionsDiskInfo" => {
             let d: DiskInfo = params(method, p)?;
-            to_value(b.sessions_disk_info(d.low_water_bytes.unwrap_or(0)).await.map_err(err)?)
+            to_value(
+                b.sessions_disk_info(d.low_water_bytes.unwrap_or(0))
+                    .await
+                    .map_err(err)?,
+            )
         }
         "deleteSessionDirs" => {
             let Names { names } = params(method, p)?;
             if names.len() > MAX_DELETE_NAMES {
-                return Err(format!("invalid params for {method}: at most {MAX_DELETE_NAMES} names"));
+                return Err(format!(
+                    "invalid params for {method}: at most {MAX_DELETE_NAMES} names"
+                ));
             }
             to_value(b.delete_session_dirs(names).await.map_err(err)?)
         }
-        "pruneSessionCaches" => to_value(b.prune_session_caches(params(method, p)?).await.map_err(err)?),
+        "pruneSessionCaches" => to_value(
+            b.prune_session_caches(params(method, p)?)
+                .await
+                .map_err(err)?,
+        ),
         "sendGuestResponse" => {
             let g: GuestResponse = params(method, p)?;
             let id = match g.id {
                 Value::String(s) => s,
                 Value::Number(n) => n.to_string(),
-                other => return Err(format!("invalid params for {method}: id {other} is not a string or number")),
+                other => {
+                    return Err(format!(
+                        "invalid params for {method}: id {other} is not a string or number"
+                    ))
+                }
             };
-            b.send_guest_response(&id, g.result_json, g.error).await.map_err(err)?;
+            b.send_guest_response(&id, g.result_json, g.error)
+                .await
+                .map_err(err)?;
             empty()
         }
         "setDebugLogging" => {
@@ -192,7 +215,9 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
             empty()
         }
         "getNetworkDrives" => Ok(json!({"drives": []})),
-        "subscribeEvents" => Err("subscribeEvents must be the first request on its own connection".into()),
+        "subscribeEvents" => {
+            Err("subscribeEvents must be the first request on its own connection".into())
+        }
         other => Err(format!("Unknown method: {other}")),
     }
 }

@@ -38,7 +38,10 @@ pub fn main(json: bool) -> i32 {
     let forced = settings.backend.as_ref().map(|(v, s)| (v.as_str(), *s));
     let sel: Selection = crate::select::select(forced);
     let sock = crate::config::default_socket();
-    let sock_dir = sock.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let sock_dir = sock
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     let sandboxed = sel.usable && sel.chosen != Kind::Host;
     let report = Report {
         backend: sel.chosen,
@@ -82,7 +85,11 @@ fn print_text(r: &Report) {
     } else {
         "UNUSABLE"
     };
-    println!("Backend that will run: {} ({verdict}) -- {}", r.backend.as_str(), r.why);
+    println!(
+        "Backend that will run: {} ({verdict}) -- {}",
+        r.backend.as_str(),
+        r.why
+    );
     for n in &r.notes {
         println!("  note: {n}");
     }
@@ -100,7 +107,10 @@ fn print_text(r: &Report) {
     println!("[note] image  {}", r.guest_image);
     println!();
     if r.socket_dir.problems.is_empty() {
-        println!("[ ok ] socket directory {} (0700, yours)", r.socket_dir.path.display());
+        println!(
+            "[ ok ] socket directory {} (0700, yours)",
+            r.socket_dir.path.display()
+        );
     } else {
         for p in &r.socket_dir.problems {
             println!("[warn] socket directory: {p}");

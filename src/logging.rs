@@ -54,7 +54,10 @@ fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if std::fs::metadata(path).map(|m| m.len() > ROTATE_AT).unwrap_or(false) {
+    if std::fs::metadata(path)
+        .map(|m| m.len() > ROTATE_AT)
+        .unwrap_or(false)
+    {
         let mut old = path.as_os_str().to_owned();
         old.push(".1");
         std::fs::rename(path, old)?;
@@ -75,7 +78,10 @@ pub fn init(log_file: Option<&Path>) -> LogControl {
 
 /// Warnings only, to stderr: for commands at a terminal (`run`).
 pub fn init_terminal() {
-    let _ = init_with(EnvFilter::new(if env_debug() { "debug" } else { "warn" }), None);
+    let _ = init_with(
+        EnvFilter::new(if env_debug() { "debug" } else { "warn" }),
+        None,
+    );
 }
 
 fn init_with(initial: EnvFilter, log_file: Option<&Path>) -> LogControl {

@@ -12,7 +12,11 @@ fn exit(code: i32) -> ExitCode {
 fn serve(socket: Option<std::path::PathBuf>, backend: Option<String>) -> anyhow::Result<()> {
     let settings = Settings::load();
     let log = logging::init(logging::log_file_path(&settings.home).as_deref());
-    tracing::info!(pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), "cowork-microvm starting");
+    tracing::info!(
+        pid = std::process::id(),
+        version = env!("CARGO_PKG_VERSION"),
+        "cowork-microvm starting"
+    );
     let sel = app::choose(&settings, backend.as_deref());
     let helper = app::build(&settings, &sel, log);
     let socket = socket.unwrap_or_else(default_socket);

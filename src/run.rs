@@ -30,7 +30,8 @@ fn parse_mount(spec: &str) -> Result<MountArg> {
         Some("ro") => true,
         Some(other) => bail!("--mount {spec}: mode must be ro or rw, not {other:?}"),
     };
-    let path = std::fs::canonicalize(dir).with_context(|| format!("--mount {spec}: cannot resolve {dir:?}"))?;
+    let path = std::fs::canonicalize(dir)
+        .with_context(|| format!("--mount {spec}: cannot resolve {dir:?}"))?;
     let name = match name {
         Some(n) => n.to_string(),
         None => path
@@ -108,14 +109,28 @@ fn tempdir_private() -> Result<PathBuf> {
     Ok(dir)
 }
 
-async fn session(args: &RunArgs, socket: &Path, mounts: &[MountArg], owns_helper: bool) -> Result<i32> {
-    let name = args.name.clone().unwrap_or_else(|| format!("run-{}", std::process::id()));
+async fn session(
+    args: &RunArgs,
+    socket: &Path,
+    mounts: &[MountArg],
+    owns_helper: bool,
+) -> Result<i32> {
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("run-{}", std::process::id()));
     let client = Client::connect(socket).await?;
     client
-        .call("configure", json!({"userDataName": "cowork-microvm-run", "sessionOnly": true}))
+        .call(
+            "configure",
+            json!({"userDataName": "cowork-microvm-run", "sessionOnly": true}),
+        )
         .await?;
     let mut events = EventStream::subscribe(socket).await?;
-    client.call("startVM", json!({})).await.context("startVM failed")?;
+    client
+        .call("startVM", json!({}))
+        .await
+        .context("startVM failed")?;
 
     let mut additional = Map::new();
     for m in mounts {
@@ -184,7 +199,10 @@ async fn relay(events: &mut EventStream, client: &Client) -> Result<i32> {
                 return Ok(match (ev.exit_code, ev.signal.as_deref()) {
                     (Some(c), _) => c,
                     (None, Some(sig)) => {
-                        let num = sig.parse::<nix::sys::signal::Signal>().map(|s| s as i32).unwrap_or(0);
+                        let num = sig
+                            .parse::<nix::sys::signal::Signal>()
+                            .map(|s| s as i32)
+                            .unwrap_or(0);
                         128 + num
                     }
                     (None, None) => 1,
@@ -204,7 +222,11 @@ async fn forward_stdin(client: std::sync::Arc<Client>) {
     let mut text = cowork_backend::utf8::Utf8Stream::default();
     loop {
         let n = stdin.read(&mut buf).await.unwrap_or(0);
-        let data = if n == 0 { text.finish() } else { text.push(&buf[..n]) };
+        let data = if n == 0 {
+            text.finish()
+        } else {
+            text.push(&buf[..n])
+        };
         let params = json!({"id": PROCESS_ID, "data": data, "eof": n == 0});
         if client.call("writeStdin", params).await.is_err() || n == 0 {
             return;

@@ -124,7 +124,9 @@ pub fn probe_bwrap() -> Probe {
     let status = loop {
         match child.try_wait() {
             Ok(Some(st)) => break Some(st),
-            Ok(None) if start.elapsed() < BWRAP_PROBE_LIMIT => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) if start.elapsed() < BWRAP_PROBE_LIMIT => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -165,7 +167,10 @@ pub fn kvm_rw() -> Result<(), String> {
     use nix::unistd::{access, AccessFlags};
     let dev = Path::new("/dev/kvm");
     if !dev.exists() {
-        return Err("/dev/kvm does not exist (no KVM on this machine, or the kvm module is not loaded)".into());
+        return Err(
+            "/dev/kvm does not exist (no KVM on this machine, or the kvm module is not loaded)"
+                .into(),
+        );
     }
     access(dev, AccessFlags::R_OK | AccessFlags::W_OK)
         .map_err(|e| format!("/dev/kvm is not read-write for you: {e}"))
@@ -184,7 +189,9 @@ pub fn probe_kvm() -> Probe {
         }
     };
     if kvm_is_pvm() {
-        detail.push_str(", but it is PVM-backed (kvm_pvm): a standard guest kernel cannot boot on it");
+        detail.push_str(
+            ", but it is PVM-backed (kvm_pvm): a standard guest kernel cannot boot on it",
+        );
     }
     detail.push_str("; the kvm backend (in-process microVM) is not built into this version yet");
     Probe {
@@ -204,7 +211,8 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
     let host = Probe {
         backend: Kind::Host,
         usable: true,
-        detail: "always available; NO isolation: sessions see all your files and the network".into(),
+        detail: "always available; NO isolation: sessions see all your files and the network"
+            .into(),
         fix: None,
     };
     let probes = vec![bwrap.clone(), kvm.clone(), host];
@@ -236,11 +244,22 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
         if chosen != Kind::Kvm && kvm.usable {
             notes.push("kvm is usable here: COWORK_MICROVM_BACKEND=kvm gives VM isolation".into());
         }
-        Selection { chosen, usable, why, probes: probes.clone(), notes }
+        Selection {
+            chosen,
+            usable,
+            why,
+            probes: probes.clone(),
+            notes,
+        }
     };
     if find_on_path("bwrap").is_some() && !bwrap.usable {
         notes.push(format!("bwrap is installed but unusable: {}", bwrap.detail));
-        return pick(Kind::Host, true, "bwrap is installed but cannot run (not falling through to kvm)".into(), notes);
+        return pick(
+            Kind::Host,
+            true,
+            "bwrap is installed but cannot run (not falling through to kvm)".into(),
+            notes,
+        );
     }
     if bwrap.usable {
         if bwrap_backend_ready {
@@ -249,9 +268,19 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
         notes.push("bwrap works, but the bwrap backend is not built into this version yet".into());
     }
     if kvm.usable {
-        return pick(Kind::Kvm, true, "/dev/kvm and a verified guest image are present".into(), notes);
+        return pick(
+            Kind::Kvm,
+            true,
+            "/dev/kvm and a verified guest image are present".into(),
+            notes,
+        );
     }
-    pick(Kind::Host, true, "no sandboxed backend is usable".into(), notes)
+    pick(
+        Kind::Host,
+        true,
+        "no sandboxed backend is usable".into(),
+        notes,
+    )
 }
 
 #[cfg(test)]
@@ -260,9 +289,13 @@ mod tests {
 
     #[test]
     fn classifies_userns_failures() {
-        assert!(userns_blocked("bwrap: setting up uid map: Permission denied"));
+        assert!(userns_blocked(
+            "bwrap: setting up uid map: Permission denied"
+        ));
         assert!(userns_blocked("bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces."));
-        assert!(!userns_blocked("bwrap: execvp true: No such file or directory"));
+        assert!(!userns_blocked(
+            "bwrap: execvp true: No such file or directory"
+        ));
     }
 
     #[test]

@@ -76,7 +76,12 @@ impl Backend for UnavailableBackend {
     async fn prune_session_caches(&self, _: PruneRequest) -> Result<PruneResult> {
         Err(self.err())
     }
-    async fn send_guest_response(&self, id: &str, _: Option<String>, _: Option<String>) -> Result<()> {
+    async fn send_guest_response(
+        &self,
+        id: &str,
+        _: Option<String>,
+        _: Option<String>,
+    ) -> Result<()> {
         Err(BackendError::NoPendingRequest(id.into()))
     }
 }

@@ -1,5 +1,7 @@
 //! The commands a person types: `run`, `doctor`, `bench`.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::io::Write;
@@ -29,7 +31,12 @@ fn run_streams_output_forwards_stdin_and_returns_the_exit_code() {
         .arg(format!("{}:work", proj.display()))
         .arg("--mount")
         .arg(format!("{}:docs:ro", docs.display()))
-        .args(["--", "sh", "-c", "pwd; read line; echo \"got $line\"; cat ../docs/d.txt; echo oops >&2; exit 7"])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "pwd; read line; echo \"got $line\"; cat ../docs/d.txt; echo oops >&2; exit 7",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -38,7 +45,10 @@ fn run_streams_output_forwards_stdin_and_returns_the_exit_code() {
     child.stdin.take().unwrap().write_all(b"typed\n").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(7), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\ngot typed\ndoc", proj.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\ngot typed\ndoc", proj.display())
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("oops"));
 }
 
@@ -53,17 +63,34 @@ fn run_defaults_to_the_current_directory_and_reports_signals() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{}\n", here.display()));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", here.display())
+    );
 }
 
 #[test]
 fn run_refuses_bad_mount_specs_clearly() {
     let (t, home) = tmp_home();
-    let out = command(t.path()).current_dir(&home).args(["run", "--mount", "/nonexistent/x", "true"]).output().unwrap();
+    let out = command(t.path())
+        .current_dir(&home)
+        .args(["run", "--mount", "/nonexistent/x", "true"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot resolve"), "{out:?}");
-    let out = command(t.path()).current_dir(&home).args(["run", "--mount", ".:x:rx", "true"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("mode must be ro or rw"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot resolve"),
+        "{out:?}"
+    );
+    let out = command(t.path())
+        .current_dir(&home)
+        .args(["run", "--mount", ".:x:rx", "true"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mode must be ro or rw"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -77,7 +104,11 @@ fn run_can_use_a_running_helper() {
         .args(["--", "sh", "-c", "echo via-socket"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "via-socket\n", "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "via-socket\n",
+        "{out:?}"
+    );
     assert!(out.status.success());
     h.assert_alive();
 }
@@ -85,9 +116,19 @@ fn run_can_use_a_running_helper() {
 #[test]
 fn doctor_reports_backends_with_fixes() {
     let (t, _home) = tmp_home();
-    let out = command(t.path()).env_remove("COWORK_MICROVM_BACKEND").args(["doctor", "--json"]).output().unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
-    let backends: Vec<&str> = report["probes"].as_array().unwrap().iter().map(|p| p["backend"].as_str().unwrap()).collect();
+    let out = command(t.path())
+        .env_remove("COWORK_MICROVM_BACKEND")
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("doctor --json prints JSON");
+    let backends: Vec<&str> = report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["backend"].as_str().unwrap())
+        .collect();
     assert_eq!(backends, ["bwrap", "kvm", "host"]);
     let sandboxed = report["sandboxed"].as_bool().unwrap();
     assert_eq!(out.status.code(), Some(if sandboxed { 0 } else { 1 }));
@@ -104,9 +145,18 @@ fn doctor_reports_backends_with_fixes() {
     let cfg = t.path().join("home/.config/cowork-microvm");
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::write(cfg.join("config.json"), "{not json").unwrap();
-    let out = command(t.path()).args(["doctor", "--json"]).output().unwrap();
+    let out = command(t.path())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(report["configProblems"][0].as_str().unwrap().contains("not valid"), "{report}");
+    assert!(
+        report["configProblems"][0]
+            .as_str()
+            .unwrap()
+            .contains("not valid"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -114,18 +164,32 @@ fn bench_quick_profile_writes_json() {
     let (t, _home) = tmp_home();
     let json_path = t.path().join("bench.json");
     let out = command(t.path())
-        .args(["bench", "--quick", "--iterations", "5", "--output-mib", "2", "--backend", "host,bwrap,nonsense", "--json"])
+        .args([
+            "bench",
+            "--quick",
+            "--iterations",
+            "5",
+            "--output-mib",
+            "2",
+            "--backend",
+            "host,bwrap,nonsense",
+            "--json",
+        ])
         .arg(&json_path)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results[0]["backend"], "host");
     assert_eq!(results[0]["spawnExitMs"]["samples"], 5);
     assert!(results[0]["stdoutMibS"]["median"].as_f64().unwrap() > 0.0);
     assert!(results[0]["helperRssKib"].as_u64().unwrap() > 0);
-    assert!(results[1]["skipped"].is_string(), "an unavailable backend is skipped with a reason, never a zero");
+    assert!(
+        results[1]["skipped"].is_string(),
+        "an unavailable backend is skipped with a reason, never a zero"
+    );
     assert!(results[2]["skipped"].is_string());
     assert!(String::from_utf8_lossy(&out.stdout).contains("spawn→exit"));
 }

@@ -2,6 +2,8 @@
 //! the socket's own rules (permissions, stale files, a second helper, peers
 //! of another uid).
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -16,7 +18,10 @@ fn one_shot_request_has_no_id_and_closes() {
     let h = Helper::start();
     let mut c = h.conn();
     c.send(&json!({"method": "isRunning", "params": {}}));
-    assert_eq!(c.recv().unwrap(), json!({"success": true, "result": {"running": false}}));
+    assert_eq!(
+        c.recv().unwrap(),
+        json!({"success": true, "result": {"running": false}})
+    );
     c.s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(c.is_closed());
 }
@@ -31,29 +36,50 @@ fn every_method_answers_with_the_documented_shape() {
         empty
     );
     assert_eq!(p.ok("isRunning", empty.clone()), json!({"running": false}));
-    assert_eq!(p.ok("isGuestConnected", empty.clone()), json!({"connected": false}));
-    assert_eq!(p.ok("createVM", json!({"bundlePath": "/b", "diskSizeGB": 10})), empty);
+    assert_eq!(
+        p.ok("isGuestConnected", empty.clone()),
+        json!({"connected": false})
+    );
+    assert_eq!(
+        p.ok("createVM", json!({"bundlePath": "/b", "diskSizeGB": 10})),
+        empty
+    );
     assert_eq!(p.ok("startVM", json!({"bundlePath": "/b", "memoryGB": 4, "cpuCount": 2, "apiProbeURL": "https://api.anthropic.com"})), empty);
     assert_eq!(p.ok("isRunning", empty.clone()), json!({"running": true}));
-    assert_eq!(p.ok("isGuestConnected", empty.clone()), json!({"connected": true}));
+    assert_eq!(
+        p.ok("isGuestConnected", empty.clone()),
+        json!({"connected": true})
+    );
     assert_eq!(p.ok("setDebugLogging", json!({"enabled": true})), empty);
     assert_eq!(p.ok("addApprovedOauthToken", json!({"token": "t"})), empty);
-    assert_eq!(p.ok("getNetworkDrives", empty.clone()), json!({"drives": []}));
+    assert_eq!(
+        p.ok("getNetworkDrives", empty.clone()),
+        json!({"drives": []})
+    );
     h.mkdir("proj");
     let spawn = p.ok("spawn", json!({"id": "a", "name": "s1", "command": "/bin/cat", "args": [], "isResume": false,
         "cwd": "/sessions/s1", "env": {"X": "1"}, "additionalMounts": {"proj": {"path": "proj", "mode": "rw"}},
         "allowedDomains": [], "oneShot": false, "mountSkeletonHome": false}));
     assert_eq!(spawn, empty, "no failedMounts when none failed");
-    assert_eq!(p.ok("isProcessRunning", json!({"id": "a"})), json!({"running": true}));
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "a"})),
+        json!({"running": true})
+    );
     assert_eq!(p.ok("writeStdin", json!({"id": "a", "data": "x"})), empty);
     h.mkdir("extra");
     assert_eq!(
-        p.ok("mountPath", json!({"processId": "a", "subpath": "extra", "mountName": "extra", "mode": "ro"})),
+        p.ok(
+            "mountPath",
+            json!({"processId": "a", "subpath": "extra", "mountName": "extra", "mode": "ro"})
+        ),
         json!({"guestPath": "/sessions/s1/mnt/extra"})
     );
     std::fs::write(h.home.join("proj/r.txt"), "content").unwrap();
     assert_eq!(
-        p.ok("readFile", json!({"processName": "s1", "filePath": "/sessions/s1/mnt/proj/r.txt"})),
+        p.ok(
+            "readFile",
+            json!({"processName": "s1", "filePath": "/sessions/s1/mnt/proj/r.txt"})
+        ),
         json!({"content": "content"})
     );
     assert_eq!(p.ok("kill", json!({"id": "a", "signal": "SIGKILL"})), empty);
@@ -67,14 +93,24 @@ fn every_method_answers_with_the_documented_shape() {
     for k in ["prunedSessions", "skippedSessions", "freedBytes", "errors"] {
         assert!(pr.get(k).is_some(), "{k} missing from {pr}");
     }
-    assert!(p.err("sendGuestResponse", json!({"id": "g1", "resultJson": "{}"})).contains("no pending guest request"));
+    assert!(p
+        .err("sendGuestResponse", json!({"id": "g1", "resultJson": "{}"}))
+        .contains("no pending guest request"));
     let sdk = h.mkdir(".sdk/1.2.3");
     std::fs::write(sdk.join("claude"), "#!/bin/sh\necho sdk\n").unwrap();
     std::fs::set_permissions(sdk.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert_eq!(p.ok("installSdk", json!({"sdkSubpath": ".sdk", "version": "1.2.3"})), empty);
+    assert_eq!(
+        p.ok(
+            "installSdk",
+            json!({"sdkSubpath": ".sdk", "version": "1.2.3"})
+        ),
+        empty
+    );
     assert_eq!(p.ok("stopVM", empty.clone()), empty);
     assert_eq!(p.ok("isRunning", empty), json!({"running": false}));
-    assert!(p.err("bogusMethod", json!({})).starts_with("Unknown method:"));
+    assert!(p
+        .err("bogusMethod", json!({}))
+        .starts_with("Unknown method:"));
 }
 
 #[test]
@@ -117,9 +153,15 @@ fn network_status_follows_the_environment() {
     let h = Helper::start();
     let mut ev = h.subscribe();
     let p = h.started();
-    assert_eq!(ev.next(), json!({"type": "networkStatus", "status": "connected"}));
+    assert_eq!(
+        ev.next(),
+        json!({"type": "networkStatus", "status": "connected"})
+    );
     p.ok("stopVM", json!({}));
-    assert_eq!(ev.next(), json!({"type": "networkStatus", "status": "disconnected"}));
+    assert_eq!(
+        ev.next(),
+        json!({"type": "networkStatus", "status": "disconnected"})
+    );
 }
 
 /// Sends `bytes` raw on a fresh connection; returns the reply if any.
@@ -141,7 +183,10 @@ fn malformed_input_gets_an_error_and_the_helper_keeps_serving() {
     let h = Helper::start();
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("length over 10 MiB", (10 * 1024 * 1024 + 1u32).to_be_bytes().to_vec()),
+        (
+            "length over 10 MiB",
+            (10 * 1024 * 1024 + 1u32).to_be_bytes().to_vec(),
+        ),
         ("length 0xffffffff", vec![0xff; 4]),
         ("empty body", framed(b"")),
         ("not JSON", framed(b"hello there")),
@@ -152,25 +197,65 @@ fn malformed_input_gets_an_error_and_the_helper_keeps_serving() {
         ("JSON null", framed(b"null")),
         ("no method", framed(br#"{"params":{}}"#)),
         ("method not a string", framed(br#"{"method":7}"#)),
-        ("params not an object", framed(br#"{"method":"isRunning","params":"x"}"#)),
-        ("id is an object", framed(br#"{"method":"isRunning","id":{"a":1}}"#)),
+        (
+            "params not an object",
+            framed(br#"{"method":"isRunning","params":"x"}"#),
+        ),
+        (
+            "id is an object",
+            framed(br#"{"method":"isRunning","id":{"a":1}}"#),
+        ),
         ("deeply nested JSON", framed(deep.as_bytes())),
-        ("unknown method", framed(br#"{"method":"formatDisk","params":{}}"#)),
-        ("spawn without id", framed(br#"{"method":"spawn","params":{"name":"s","command":"x"}}"#)),
-        ("spawn args not an array", framed(br#"{"method":"spawn","params":{"id":"1","name":"s","command":"x","args":5}}"#)),
-        ("kill with a bogus signal", framed(br#"{"method":"kill","params":{"id":"1","signal":"SIGFOO"}}"#)),
-        ("memoryMB overflowing", framed(br#"{"method":"configure","params":{"memoryMB":1e400}}"#)),
-        ("profile name escaping", framed(br#"{"method":"configure","params":{"userDataName":"../../etc"}}"#)),
-        ("deleteSessionDirs with numbers", framed(br#"{"method":"deleteSessionDirs","params":{"names":[1,2]}}"#)),
-        ("writeStdin to nobody", framed(br#"{"method":"writeStdin","params":{"id":"ghost","data":"x"}}"#)),
-        ("readFile outside home", framed(br#"{"method":"readFile","params":{"processName":"s","filePath":"/etc/passwd"}}"#)),
-        ("setDebugLogging not bool", framed(br#"{"method":"setDebugLogging","params":{"enabled":"yes"}}"#)),
+        (
+            "unknown method",
+            framed(br#"{"method":"formatDisk","params":{}}"#),
+        ),
+        (
+            "spawn without id",
+            framed(br#"{"method":"spawn","params":{"name":"s","command":"x"}}"#),
+        ),
+        (
+            "spawn args not an array",
+            framed(br#"{"method":"spawn","params":{"id":"1","name":"s","command":"x","args":5}}"#),
+        ),
+        (
+            "kill with a bogus signal",
+            framed(br#"{"method":"kill","params":{"id":"1","signal":"SIGFOO"}}"#),
+        ),
+        (
+            "memoryMB overflowing",
+            framed(br#"{"method":"configure","params":{"memoryMB":1e400}}"#),
+        ),
+        (
+            "profile name escaping",
+            framed(br#"{"method":"configure","params":{"userDataName":"../../etc"}}"#),
+        ),
+        (
+            "deleteSessionDirs with numbers",
+            framed(br#"{"method":"deleteSessionDirs","params":{"names":[1,2]}}"#),
+        ),
+        (
+            "writeStdin to nobody",
+            framed(br#"{"method":"writeStdin","params":{"id":"ghost","data":"x"}}"#),
+        ),
+        (
+            "readFile outside home",
+            framed(
+                br#"{"method":"readFile","params":{"processName":"s","filePath":"/etc/passwd"}}"#,
+            ),
+        ),
+        (
+            "setDebugLogging not bool",
+            framed(br#"{"method":"setDebugLogging","params":{"enabled":"yes"}}"#),
+        ),
     ];
     assert!(cases.len() >= 15);
     for (what, bytes) in cases {
         let reply = poke(&h, &bytes).unwrap_or_else(|| panic!("{what}: no reply"));
         assert_eq!(reply["success"], false, "{what}: {reply}");
-        let msg = reply["error"].as_str().unwrap_or_else(|| panic!("{what}: no error text: {reply}"));
+        let msg = reply["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error text: {reply}"));
         assert!(!msg.is_empty(), "{what}");
         h.assert_alive();
     }
@@ -184,7 +269,10 @@ fn malformed_input_gets_an_error_and_the_helper_keeps_serving() {
     c.send(&json!({"method": "isRunning", "id": 1}));
     c.send_raw(&[0xff, 0xff, 0xff, 0xff]);
     let first = c.recv().unwrap();
-    assert_eq!((first["id"].clone(), first["success"].clone()), (json!(1), json!(true)));
+    assert_eq!(
+        (first["id"].clone(), first["success"].clone()),
+        (json!(1), json!(true))
+    );
     assert_eq!(c.recv().unwrap()["success"], false);
     assert!(c.is_closed(), "stream that cannot be trusted is closed");
     h.assert_alive();
@@ -217,9 +305,16 @@ fn socket_is_private_and_stale_files_are_replaced() {
     assert_eq!(dir.permissions().mode() & 0o777, 0o700);
 
     // A second helper on the same path refuses, with a clear message.
-    let out = command(h.tmp.path()).arg("-socket").arg(&h.socket).output().unwrap();
+    let out = command(h.tmp.path())
+        .arg("-socket")
+        .arg(&h.socket)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already serving"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already serving"),
+        "{out:?}"
+    );
     h.assert_alive();
 
     // A stale socket file (nothing listening) is replaced.
@@ -228,21 +323,34 @@ fn socket_is_private_and_stale_files_are_replaced() {
     std::fs::create_dir_all(sock.parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
     assert!(sock.exists());
-    let mut c = command(tmp.path()).arg("-socket").arg(&sock).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut c = command(tmp.path())
+        .arg("-socket")
+        .arg(&sock)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(t0.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(10));
     }
     // SIGTERM ends it cleanly and removes the socket.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     assert!(c.wait().unwrap().success());
     assert!(!sock.exists());
 
     // A symlink at the path is refused.
     let link = tmp.path().join("run/link.sock");
     std::os::unix::fs::symlink(&h.socket, &link).unwrap();
-    let out = command(tmp.path()).arg("-socket").arg(&link).output().unwrap();
+    let out = command(tmp.path())
+        .arg("-socket")
+        .arg(&link)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
 }
@@ -271,7 +379,9 @@ fn community_launcher_form_is_accepted() {
 #[test]
 fn another_uid_is_refused_by_peer_credentials() {
     if !is_root() {
-        eprintln!("SKIP another_uid_is_refused_by_peer_credentials: needs root to connect as another uid");
+        eprintln!(
+            "SKIP another_uid_is_refused_by_peer_credentials: needs root to connect as another uid"
+        );
         return;
     }
     let h = Helper::start();
@@ -304,12 +414,19 @@ except (BrokenPipeError, ConnectionResetError):
             return;
         }
     };
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed", "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
+        "{out:?}"
+    );
     h.assert_alive();
     let t0 = Instant::now();
     while !h.log_text().contains("uid 65534") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "refusal not logged: {}", h.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "refusal not logged: {}",
+            h.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
-

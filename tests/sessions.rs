@@ -2,6 +2,8 @@
 //! exit codes, signals, stdin, process groups, guest-path translation, the
 //! token, the SDK and session data.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,9 +20,17 @@ fn exit_codes_and_status() {
     p.ok("spawn", sh("e", "exit 42"));
     let o = ev.until_exit("e");
     assert_eq!(o.exit, json!({"type": "exit", "id": "e", "exitCode": 42}));
-    assert_eq!(p.ok("isProcessRunning", json!({"id": "e"})), json!({"running": false, "exitCode": 42}));
-    assert_eq!(p.ok("isProcessRunning", json!({"id": "never"})), json!({"running": false}));
-    assert!(p.err("spawn", spawn_params("m", "s1", "/no/such/program", &[])).contains("cannot start"));
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "e"})),
+        json!({"running": false, "exitCode": 42})
+    );
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "never"})),
+        json!({"running": false})
+    );
+    assert!(p
+        .err("spawn", spawn_params("m", "s1", "/no/such/program", &[]))
+        .contains("cannot start"));
 }
 
 #[test]
@@ -32,14 +42,28 @@ fn twenty_concurrent_sessions_deliver_every_line_in_order() {
     const LINES: usize = 2000;
     for i in 0..N {
         let script = format!("i=0; while [ $i -lt {LINES} ]; do echo \"p{i} $i\"; i=$((i+1)); done; echo done{i} >&2");
-        p.ok("spawn", spawn_params(&format!("p{i}"), &format!("sess{i}"), "/bin/sh", &["-c", &script]));
+        p.ok(
+            "spawn",
+            spawn_params(
+                &format!("p{i}"),
+                &format!("sess{i}"),
+                "/bin/sh",
+                &["-c", &script],
+            ),
+        );
     }
     let mut out = vec![String::new(); N];
     let mut err = vec![String::new(); N];
-    let mut exited = vec![false; N];
+    let mut exited = [false; N];
     while exited.iter().any(|e| !e) {
         let e = ev.next();
-        let Some(id) = e["id"].as_str().and_then(|s| s.strip_prefix('p')).and_then(|s| s.parse::<usize>().ok()) else { continue };
+        let Some(id) = e["id"]
+            .as_str()
+            .and_then(|s| s.strip_prefix('p'))
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
         match e["type"].as_str().unwrap() {
             "stdout" => {
                 assert!(!exited[id], "output after exit");
@@ -55,7 +79,12 @@ fn twenty_concurrent_sessions_deliver_every_line_in_order() {
     }
     for i in 0..N {
         let expected: String = (0..LINES).map(|n| format!("p{i} {n}\n")).collect();
-        assert!(out[i] == expected, "process {i}: output differs ({} vs {} bytes)", out[i].len(), expected.len());
+        assert!(
+            out[i] == expected,
+            "process {i}: output differs ({} vs {} bytes)",
+            out[i].len(),
+            expected.len()
+        );
         assert_eq!(err[i], format!("done{i}\n"));
     }
 }
@@ -75,7 +104,10 @@ fn sixty_four_mib_of_output_arrive_intact() {
     }
     let file = h.home.join("big.txt");
     std::fs::write(&file, &content).unwrap();
-    p.ok("spawn", spawn_params("big", "s1", "/bin/cat", &[file.to_str().unwrap()]));
+    p.ok(
+        "spawn",
+        spawn_params("big", "s1", "/bin/cat", &[file.to_str().unwrap()]),
+    );
     let o = ev.until_exit("big");
     assert_eq!(o.stdout.len(), content.len(), "bytes lost or added");
     assert!(o.stdout == content, "content differs");
@@ -87,14 +119,21 @@ fn signals_by_name_and_number() {
     let h = Helper::start();
     let mut ev = h.subscribe();
     let p = h.started();
-    for (id, sig, name) in [("k1", json!("SIGKILL"), "SIGKILL"), ("k2", json!(15), "SIGTERM"), ("k3", json!("int"), "SIGINT"), ("k4", json!("9"), "SIGKILL")] {
+    for (id, sig, name) in [
+        ("k1", json!("SIGKILL"), "SIGKILL"),
+        ("k2", json!(15), "SIGTERM"),
+        ("k3", json!("int"), "SIGINT"),
+        ("k4", json!("9"), "SIGKILL"),
+    ] {
         p.ok("spawn", spawn_params(id, "s1", "/bin/sleep", &["30"]));
         p.ok("kill", json!({"id": id, "signal": sig}));
         let o = ev.until_exit(id);
         assert_eq!(o.exit["signal"], name, "{o:?}");
         assert!(o.exit.get("exitCode").is_none());
     }
-    assert!(p.err("kill", json!({"id": "k1", "signal": "SIGKILL"})).contains("not running"));
+    assert!(p
+        .err("kill", json!({"id": "k1", "signal": "SIGKILL"}))
+        .contains("not running"));
     assert!(p.err("kill", json!({"id": "ghost"})).contains("no process"));
 }
 
@@ -131,8 +170,14 @@ fn stop_kills_whole_process_groups() {
     let o = ev.until_exit("g");
     assert!(o.exit["signal"].is_string(), "{o:?}");
     let t0 = Instant::now();
-    while std::fs::read_to_string(format!("{grandchild}/stat")).map(|s| !s.contains(") Z ")).unwrap_or(false) {
-        assert!(t0.elapsed() < Duration::from_secs(5), "grandchild survived stopVM");
+    while std::fs::read_to_string(format!("{grandchild}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "grandchild survived stopVM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(p.err("spawn", sh("after", "true")).contains("startVM"));
@@ -181,13 +226,31 @@ fn guest_paths_are_translated_and_never_escape() {
         with("cwd", json!("/sessions/s1/mnt/proj/etc-link")),
         with("cwd", json!("/sessions/s1/mnt/nomount")),
         with("cwd", json!("/sessions/other/mnt/proj")),
-        with("args", json!(["--add-dir", "/sessions/s1/mnt/proj/../../.."])),
-        with("args", json!(["--plugin-dir=/sessions/s1/mnt/proj/etc-link/x"])),
-        with("args", json!(["--disallowedTools", "Edit(//sessions/s1/mnt/proj/../secret/**)"])),
-        with("env", json!({"CLAUDE_COWORK_MEMORY_PATH_OVERRIDE": "/sessions/s1/mnt/.claude/../../x"})),
+        with(
+            "args",
+            json!(["--add-dir", "/sessions/s1/mnt/proj/../../.."]),
+        ),
+        with(
+            "args",
+            json!(["--plugin-dir=/sessions/s1/mnt/proj/etc-link/x"]),
+        ),
+        with(
+            "args",
+            json!([
+                "--disallowedTools",
+                "Edit(//sessions/s1/mnt/proj/../secret/**)"
+            ]),
+        ),
+        with(
+            "env",
+            json!({"CLAUDE_COWORK_MEMORY_PATH_OVERRIDE": "/sessions/s1/mnt/.claude/../../x"}),
+        ),
     ] {
         let e = p.err("spawn", bad.clone());
-        assert!(e.contains("escapes") || e.contains("does not have") || e.contains("not allowed"), "{bad}: {e}");
+        assert!(
+            e.contains("escapes") || e.contains("does not have") || e.contains("not allowed"),
+            "{bad}: {e}"
+        );
     }
 }
 
@@ -198,21 +261,32 @@ fn mounts_outside_home_are_refused_and_reported() {
     let p = h.started();
     h.mkdir("ok");
     std::os::unix::fs::symlink("/etc", h.home.join("etc-link")).unwrap();
-    let r = p.ok("spawn", json!({
-        "id": "m", "name": "s1", "command": "/bin/true",
-        "additionalMounts": {
-            "ok": {"path": "ok"},
-            "root": {"path": "/"},
-            "proc": {"path": "/proc"},
-            "etc": {"path": "etc-link"},
-            "up": {"path": "../../etc"},
-            "new": {"path": "made/by/spawn"},
-        },
-    }));
-    let mut failed: Vec<&str> = r["failedMounts"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let r = p.ok(
+        "spawn",
+        json!({
+            "id": "m", "name": "s1", "command": "/bin/true",
+            "additionalMounts": {
+                "ok": {"path": "ok"},
+                "root": {"path": "/"},
+                "proc": {"path": "/proc"},
+                "etc": {"path": "etc-link"},
+                "up": {"path": "../../etc"},
+                "new": {"path": "made/by/spawn"},
+            },
+        }),
+    );
+    let mut failed: Vec<&str> = r["failedMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
     failed.sort();
     assert_eq!(failed, ["etc", "proc", "root", "up"], "{r}");
-    assert!(h.home.join("made/by/spawn").is_dir(), "missing mount source created");
+    assert!(
+        h.home.join("made/by/spawn").is_dir(),
+        "missing mount source created"
+    );
     ev.until_exit("m");
 }
 
@@ -223,25 +297,35 @@ fn token_reaches_the_session_and_never_the_log() {
     let p = h.started();
     p.ok("setDebugLogging", json!({"enabled": true}));
     let show = "echo \"tok=${CLAUDE_CODE_OAUTH_TOKEN-unset} term=$TERM cc=${CLAUDECODE-unset} e=${ELECTRON_RUN_AS_NODE-unset}\"";
-    p.ok("addApprovedOauthToken", json!({"token": "approved-SECRET-111"}));
+    p.ok(
+        "addApprovedOauthToken",
+        json!({"token": "approved-SECRET-111"}),
+    );
     p.ok("spawn", sh("a", show));
-    assert_eq!(ev.until_exit("a").stdout, "tok=approved-SECRET-111 term=xterm-256color cc=unset e=unset\n");
+    assert_eq!(
+        ev.until_exit("a").stdout,
+        "tok=approved-SECRET-111 term=xterm-256color cc=unset e=unset\n"
+    );
     let mut s = sh("b", show);
     s["oauthToken"] = json!("spawn-SECRET-222");
     s["env"] = json!({"CLAUDECODE": "1", "ELECTRON_RUN_AS_NODE": "1", "OTHER": "env-SECRET-333"});
     p.ok("spawn", s);
-    assert_eq!(ev.until_exit("b").stdout, "tok=spawn-SECRET-222 term=xterm-256color cc=unset e=unset\n");
+    assert_eq!(
+        ev.until_exit("b").stdout,
+        "tok=spawn-SECRET-222 term=xterm-256color cc=unset e=unset\n"
+    );
     let mut s = sh("c", show);
     s["oauthToken"] = json!("spawn-SECRET-222");
     s["env"] = json!({"CLAUDE_CODE_OAUTH_TOKEN": ""});
     p.ok("spawn", s);
-    assert_eq!(ev.until_exit("c").stdout, "tok= term=xterm-256color cc=unset e=unset\n");
+    assert_eq!(
+        ev.until_exit("c").stdout,
+        "tok= term=xterm-256color cc=unset e=unset\n"
+    );
     p.ok("stopVM", json!({}));
     let log = h.log_text();
     assert!(log.contains("DEBUG"), "debug logging took effect: {log}");
-    for secret in ["SECRET"] {
-        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
-    }
+    assert!(!log.contains("SECRET"), "a secret reached the log:\n{log}");
 }
 
 #[test]
@@ -252,11 +336,27 @@ fn sdk_binary_runs_for_claude() {
     let dir = h.mkdir(".local/share/claude-sdk/2.0.1");
     std::fs::write(dir.join("claude"), "#!/bin/sh\necho \"sdk $*\"\n").unwrap();
     std::fs::set_permissions(dir.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    assert!(p.err("installSdk", json!({"sdkSubpath": ".local/share/claude-sdk", "version": "9.9"})).contains("does not exist"));
-    assert!(p.err("installSdk", json!({"sdkSubpath": ".local/share/claude-sdk", "version": "../x"})).contains("version"));
+    assert!(p
+        .err(
+            "installSdk",
+            json!({"sdkSubpath": ".local/share/claude-sdk", "version": "9.9"})
+        )
+        .contains("does not exist"));
+    assert!(p
+        .err(
+            "installSdk",
+            json!({"sdkSubpath": ".local/share/claude-sdk", "version": "../x"})
+        )
+        .contains("version"));
     let root_rel = h.home.join(".local/share/claude-sdk");
-    p.ok("installSdk", json!({"sdkSubpath": root_rel.strip_prefix("/").unwrap(), "version": "2.0.1"}));
-    p.ok("spawn", spawn_params("c", "s1", "claude", &["--print", "hi"]));
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": root_rel.strip_prefix("/").unwrap(), "version": "2.0.1"}),
+    );
+    p.ok(
+        "spawn",
+        spawn_params("c", "s1", "claude", &["--print", "hi"]),
+    );
     assert_eq!(ev.until_exit("c").stdout, "sdk --print hi\n");
 }
 
@@ -269,15 +369,36 @@ fn read_file_is_limited_to_home_and_mounts() {
     std::os::unix::fs::symlink("/etc/passwd", h.home.join("proj/pw")).unwrap();
     p.ok("spawn", json!({"id": "r", "name": "s1", "command": "/bin/true", "additionalMounts": {"proj": {"path": "proj"}}}));
     let read = |path: &str| p.call("readFile", json!({"processName": "s1", "filePath": path}));
-    assert_eq!(read("/sessions/s1/mnt/proj/a.txt")["result"]["content"], "A");
-    assert_eq!(read(h.home.join("proj/a.txt").to_str().unwrap())["result"]["content"], "A");
-    for bad in ["/etc/passwd", "/sessions/s1/mnt/proj/pw", "/sessions/s1/mnt/proj/../../x", "/proc/self/environ"] {
+    assert_eq!(
+        read("/sessions/s1/mnt/proj/a.txt")["result"]["content"],
+        "A"
+    );
+    assert_eq!(
+        read(h.home.join("proj/a.txt").to_str().unwrap())["result"]["content"],
+        "A"
+    );
+    for bad in [
+        "/etc/passwd",
+        "/sessions/s1/mnt/proj/pw",
+        "/sessions/s1/mnt/proj/../../x",
+        "/proc/self/environ",
+    ] {
         assert_eq!(read(bad)["success"], false, "{bad}");
     }
     std::fs::write(h.home.join("proj/big"), vec![b'x'; 5 << 20]).unwrap();
-    assert!(read("/sessions/s1/mnt/proj/big")["error"].as_str().unwrap().contains("limit"));
-    nix::unistd::mkfifo(&h.home.join("proj/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    assert!(read("/sessions/s1/mnt/proj/fifo")["error"].as_str().unwrap().contains("not a regular file"));
+    assert!(read("/sessions/s1/mnt/proj/big")["error"]
+        .as_str()
+        .unwrap()
+        .contains("limit"));
+    nix::unistd::mkfifo(
+        &h.home.join("proj/fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    assert!(read("/sessions/s1/mnt/proj/fifo")["error"]
+        .as_str()
+        .unwrap()
+        .contains("not a regular file"));
 }
 
 #[test]
@@ -285,7 +406,10 @@ fn session_disk_methods_report_and_prune_real_data() {
     let h = Helper::start();
     let mut ev = h.subscribe();
     let p = h.started();
-    p.ok("spawn", sh("w", "head -c 300000 /dev/zero > \"$TMPDIR/blob\""));
+    p.ok(
+        "spawn",
+        sh("w", "head -c 300000 /dev/zero > \"$TMPDIR/blob\""),
+    );
     ev.until_exit("w");
     let info = p.ok("getSessionsDiskInfo", json!({"lowWaterBytes": 1u64 << 60}));
     assert_eq!(info["lowWater"], true);
@@ -298,7 +422,10 @@ fn session_disk_methods_report_and_prune_real_data() {
     let del = p.ok("deleteSessionDirs", json!({"names": ["s1", "../etc"]}));
     assert_eq!(del["deleted"], json!(["s1"]));
     assert!(del["errors"]["../etc"].is_string());
-    assert_eq!(p.ok("getSessionsDiskInfo", json!({}))["sessions"], json!([]));
+    assert_eq!(
+        p.ok("getSessionsDiskInfo", json!({}))["sessions"],
+        json!([])
+    );
 }
 
 #[test]
@@ -309,10 +436,26 @@ fn mount_path_adds_a_share_to_a_running_session() {
     h.mkdir("later");
     std::fs::write(h.home.join("later/f"), "late").unwrap();
     p.ok("spawn", spawn_params("l", "s1", "/bin/cat", &[]));
-    p.ok("mountPath", json!({"processId": "l", "subpath": "later", "mountName": "later", "mode": "ro"}));
-    assert!(p.err("mountPath", json!({"processId": "l", "subpath": "../../etc", "mountName": "x", "mode": "ro"})).contains("not allowed"));
-    assert!(p.err("mountPath", json!({"processId": "ghost", "subpath": "later", "mountName": "x"})).contains("no process"));
-    p.ok("spawn", spawn_params("r", "s1", "/bin/cat", &["/sessions/s1/mnt/later/f"]));
+    p.ok(
+        "mountPath",
+        json!({"processId": "l", "subpath": "later", "mountName": "later", "mode": "ro"}),
+    );
+    assert!(p
+        .err(
+            "mountPath",
+            json!({"processId": "l", "subpath": "../../etc", "mountName": "x", "mode": "ro"})
+        )
+        .contains("not allowed"));
+    assert!(p
+        .err(
+            "mountPath",
+            json!({"processId": "ghost", "subpath": "later", "mountName": "x"})
+        )
+        .contains("no process"));
+    p.ok(
+        "spawn",
+        spawn_params("r", "s1", "/bin/cat", &["/sessions/s1/mnt/later/f"]),
+    );
     // Arguments are not paths to translate unless a flag says so:
     let o = ev.until_exit("r");
     assert_eq!(o.exit["exitCode"], 1, "{o:?}");
@@ -335,5 +478,8 @@ fn working_folder_is_the_first_plain_mount_in_the_clients_order() {
     let mut c = h.conn();
     c.send_body(body);
     assert_eq!(c.recv().unwrap()["success"], true);
-    assert_eq!(ev.until_exit("o").stdout, format!("{}/zeta\n", h.home.display()));
+    assert_eq!(
+        ev.until_exit("o").stdout,
+        format!("{}/zeta\n", h.home.display())
+    );
 }

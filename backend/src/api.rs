@@ -256,7 +256,11 @@ mod tests {
             "additionalMounts": {"zeta": {"path": "z"}, "alpha": {"path": "a", "mode": "ro"}},
         }))
         .unwrap();
-        let names: Vec<_> = r.additional_mounts.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<_> = r
+            .additional_mounts
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(names, ["zeta", "alpha"]);
         assert_eq!(r.additional_mounts[1].1.mode, Some(MountMode::Ro));
         let bad = serde_json::from_value::<SpawnRequest>(serde_json::json!({

@@ -131,14 +131,28 @@ mod tests {
         let root = t.path().canonicalize().unwrap();
         let p = root.join("p");
         std::fs::create_dir_all(&p).unwrap();
-        let mounts = vec![("proj".into(), HostMount { host: p.clone(), mode: MountMode::Rw })];
-        let sp = SessionPaths { name: "s", dir: &root, mounts: &mounts };
+        let mounts = vec![(
+            "proj".into(),
+            HostMount {
+                host: p.clone(),
+                mode: MountMode::Rw,
+            },
+        )];
+        let sp = SessionPaths {
+            name: "s",
+            dir: &root,
+            mounts: &mounts,
+        };
         let ps = p.to_string_lossy();
         let args = s(&[
-            "--add-dir", "/sessions/s/mnt/proj/a", "//sessions/s/mnt/proj/b",
+            "--add-dir",
+            "/sessions/s/mnt/proj/a",
+            "//sessions/s/mnt/proj/b",
             "--plugin-dir=/sessions/s/mnt/proj",
-            "--allowedTools", "Read(//sessions/s/mnt/proj/**),Bash(git log:*,x),Edit",
-            "-p", "/sessions/s/mnt/proj/untouched",
+            "--allowedTools",
+            "Read(//sessions/s/mnt/proj/**),Bash(git log:*,x),Edit",
+            "-p",
+            "/sessions/s/mnt/proj/untouched",
         ]);
         let got = translate_args(&sp, &args).unwrap();
         assert_eq!(
@@ -160,8 +174,11 @@ mod tests {
         ] {
             assert!(translate_args(&sp, &bad).is_err(), "{bad:?}");
         }
-        let mut env: BTreeMap<String, String> =
-            [("CLAUDE_CONFIG_DIR".to_string(), "/sessions/s/mnt/proj/.c".to_string())].into();
+        let mut env: BTreeMap<String, String> = [(
+            "CLAUDE_CONFIG_DIR".to_string(),
+            "/sessions/s/mnt/proj/.c".to_string(),
+        )]
+        .into();
         translate_env(&sp, &mut env).unwrap();
         assert_eq!(PathBuf::from(&env["CLAUDE_CONFIG_DIR"]), p.join(".c"));
     }

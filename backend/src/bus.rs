@@ -174,7 +174,11 @@ mod tests {
             bus.publish(&ev(n)).await;
         }
         assert_eq!(reader.await.unwrap(), QUEUE_FRAMES + 10);
-        assert_eq!(bus.subscriber_count(), 0, "stuck one dropped, live one ended");
+        assert_eq!(
+            bus.subscriber_count(),
+            0,
+            "stuck one dropped, live one ended"
+        );
         let mut got = 0;
         while stuck.recv().await.is_some() {
             got += 1;

@@ -33,7 +33,11 @@ pub enum BackendError {
     #[error("invalid {what}: {reason}")]
     Invalid { what: &'static str, reason: String },
     #[error("file {path:?} is {size} bytes, over the {limit}-byte limit of readFile")]
-    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
     #[error("the SDK binary {0:?} does not exist or is not executable: run installSdk with a valid sdkSubpath and version")]
     SdkMissing(PathBuf),
     #[error("no pending guest request with id {0:?}")]

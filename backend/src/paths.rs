@@ -239,16 +239,16 @@ impl SessionPaths<'_> {
                 reason: "the mount directory itself has no host counterpart".into(),
             }),
             GuestPlace::Mount { name, rest } => {
-                let (mname, m) = self.find_mount(name).ok_or_else(|| BackendError::UnknownMount {
-                    path: p.to_string(),
-                    mount: name.to_string(),
-                    session: self.name.to_string(),
-                })?;
+                let (mname, m) =
+                    self.find_mount(name)
+                        .ok_or_else(|| BackendError::UnknownMount {
+                            path: p.to_string(),
+                            mount: name.to_string(),
+                            session: self.name.to_string(),
+                        })?;
                 contained_join(&m.host, rest, p, mname).map(Some)
             }
-            GuestPlace::Session { rest } => {
-                contained_join(self.dir, rest, p, self.name).map(Some)
-            }
+            GuestPlace::Session { rest } => contained_join(self.dir, rest, p, self.name).map(Some),
         }
     }
 
@@ -279,9 +279,21 @@ mod tests {
         let g = parse_guest_path("//sessions/s1/mnt/.claude/a/b").unwrap();
         assert!(g.doubled);
         assert_eq!(g.session, "s1");
-        assert_eq!(g.place, GuestPlace::Mount { name: ".claude", rest: "a/b" });
-        assert_eq!(parse_guest_path("/sessions/s1").unwrap().place, GuestPlace::SessionRoot);
-        assert_eq!(parse_guest_path("/sessions/s1/mnt").unwrap().place, GuestPlace::MountDir);
+        assert_eq!(
+            g.place,
+            GuestPlace::Mount {
+                name: ".claude",
+                rest: "a/b"
+            }
+        );
+        assert_eq!(
+            parse_guest_path("/sessions/s1").unwrap().place,
+            GuestPlace::SessionRoot
+        );
+        assert_eq!(
+            parse_guest_path("/sessions/s1/mnt").unwrap().place,
+            GuestPlace::MountDir
+        );
         assert_eq!(
             parse_guest_path("/sessions/s1/mntx/y").unwrap().place,
             GuestPlace::Session { rest: "mntx/y" }
@@ -294,9 +306,18 @@ mod tests {
     #[test]
     fn host_path_resolution() {
         let home = Path::new("/home/alice");
-        assert_eq!(resolve_host_path(home, "home/alice/p").unwrap(), home.join("p"));
-        assert_eq!(resolve_host_path(home, ".config/x").unwrap(), home.join(".config/x"));
-        assert_eq!(resolve_host_path(home, "/opt/x").unwrap(), Path::new("/opt/x"));
+        assert_eq!(
+            resolve_host_path(home, "home/alice/p").unwrap(),
+            home.join("p")
+        );
+        assert_eq!(
+            resolve_host_path(home, ".config/x").unwrap(),
+            home.join(".config/x")
+        );
+        assert_eq!(
+            resolve_host_path(home, "/opt/x").unwrap(),
+            Path::new("/opt/x")
+        );
         assert!(resolve_host_path(home, "../../etc").is_err());
         assert!(resolve_host_path(home, "").is_err());
     }
@@ -326,12 +347,34 @@ mod tests {
         std::fs::create_dir_all(&cfg).unwrap();
         std::os::unix::fs::symlink("/etc", proj.join("out")).unwrap();
         let mounts = vec![
-            (".claude".to_string(), HostMount { host: cfg.clone(), mode: MountMode::Rw }),
-            ("proj".to_string(), HostMount { host: proj.clone(), mode: MountMode::Ro }),
+            (
+                ".claude".to_string(),
+                HostMount {
+                    host: cfg.clone(),
+                    mode: MountMode::Rw,
+                },
+            ),
+            (
+                "proj".to_string(),
+                HostMount {
+                    host: proj.clone(),
+                    mode: MountMode::Ro,
+                },
+            ),
         ];
-        let sp = SessionPaths { name: "s", dir: &root, mounts: &mounts };
-        assert_eq!(sp.translate("/sessions/s/mnt/proj/sub").unwrap(), Some(proj.join("sub")));
-        assert_eq!(sp.translate("//sessions/s/mnt/claude").unwrap(), Some(cfg.clone()));
+        let sp = SessionPaths {
+            name: "s",
+            dir: &root,
+            mounts: &mounts,
+        };
+        assert_eq!(
+            sp.translate("/sessions/s/mnt/proj/sub").unwrap(),
+            Some(proj.join("sub"))
+        );
+        assert_eq!(
+            sp.translate("//sessions/s/mnt/claude").unwrap(),
+            Some(cfg.clone())
+        );
         assert_eq!(sp.translate_cwd("/sessions/s").unwrap(), Some(proj.clone()));
         assert_eq!(sp.translate("/tmp/x").unwrap(), None);
         for bad in [

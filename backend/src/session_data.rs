@@ -113,8 +113,9 @@ impl SessionStore {
                     ));
                 }
                 match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir)
-                        .map_err(|e| BackendError::io(format!("cannot delete {}", dir.display()), e)),
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir).map_err(|e| {
+                        BackendError::io(format!("cannot delete {}", dir.display()), e)
+                    }),
                     Ok(_) => Err(BackendError::invalid("session", "not a directory")),
                     Err(e) => Err(BackendError::io("no such session directory", e)),
                 }
@@ -283,19 +284,34 @@ mod tests {
         assert!(info.sessions[0].size_bytes >= 150_000);
 
         let pr = store
-            .prune(&PruneRequest { include_session_tmp: Some(true), ..Default::default() }, &HashSet::new())
+            .prune(
+                &PruneRequest {
+                    include_session_tmp: Some(true),
+                    ..Default::default()
+                },
+                &HashSet::new(),
+            )
             .unwrap();
         assert_eq!(pr.pruned_sessions, vec!["a".to_string()]);
         assert!(pr.freed_bytes >= 150_000);
         assert!(a.join(CACHE_DIR).is_dir(), "the cache dir itself stays");
 
         let skip = store
-            .prune(&PruneRequest { only_if_free_bytes_below: Some(1), ..Default::default() }, &HashSet::new())
+            .prune(
+                &PruneRequest {
+                    only_if_free_bytes_below: Some(1),
+                    ..Default::default()
+                },
+                &HashSet::new(),
+            )
             .unwrap();
         assert_eq!(skip.skipped_sessions.len(), 2);
 
         let active: HashSet<String> = ["b".to_string()].into();
-        let del = store.delete(&["a".into(), "b".into(), "../x".into(), "zz".into()], &active);
+        let del = store.delete(
+            &["a".into(), "b".into(), "../x".into(), "zz".into()],
+            &active,
+        );
         assert_eq!(del.deleted, vec!["a".to_string()]);
         assert_eq!(del.errors.len(), 3);
         assert!(!a.exists());

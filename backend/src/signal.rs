@@ -48,11 +48,24 @@ mod tests {
 
     #[test]
     fn names_and_numbers() {
-        for v in [json!("SIGKILL"), json!("KILL"), json!("kill"), json!(9), json!("9")] {
+        for v in [
+            json!("SIGKILL"),
+            json!("KILL"),
+            json!("kill"),
+            json!(9),
+            json!("9"),
+        ] {
             assert_eq!(parse_signal(Some(&v)).unwrap(), Signal::SIGKILL, "{v}");
         }
         assert_eq!(parse_signal(None).unwrap(), Signal::SIGTERM);
-        for v in [json!("SIGNOPE"), json!(0), json!(-1), json!(1e10), json!([1]), json!(4.5)] {
+        for v in [
+            json!("SIGNOPE"),
+            json!(0),
+            json!(-1),
+            json!(1e10),
+            json!([1]),
+            json!(4.5),
+        ] {
             assert!(parse_signal(Some(&v)).is_err(), "{v}");
         }
         assert_eq!(signal_name(15), "SIGTERM");

@@ -35,14 +35,28 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn rules() {
         let base = map(&[("CLAUDECODE", "1"), ("PATH", "/bin"), ("TERM", "dumb")]);
-        let env = session_env(base.clone(), &map(&[("ELECTRON_RUN_AS_NODE", "1")]), Some("tok"));
-        assert_eq!(env, map(&[("PATH", "/bin"), ("TERM", "xterm-256color"), (TOKEN_KEY, "tok")]));
+        let env = session_env(
+            base.clone(),
+            &map(&[("ELECTRON_RUN_AS_NODE", "1")]),
+            Some("tok"),
+        );
+        assert_eq!(
+            env,
+            map(&[
+                ("PATH", "/bin"),
+                ("TERM", "xterm-256color"),
+                (TOKEN_KEY, "tok")
+            ])
+        );
         let env = session_env(base, &map(&[(TOKEN_KEY, "")]), Some("tok"));
         assert_eq!(env[TOKEN_KEY], "", "an explicit empty value wins");
     }

@@ -74,7 +74,13 @@ impl HostBackend {
 
     fn store(&self) -> SessionStore {
         let profile = self.lock().profile.clone();
-        SessionStore::new(self.dirs.data.join("profiles").join(profile).join("sessions"))
+        SessionStore::new(
+            self.dirs
+                .data
+                .join("profiles")
+                .join(profile)
+                .join("sessions"),
+        )
     }
 
     fn resolve_mount(&self, name: &str, path: &str) -> Result<PathBuf> {
@@ -128,7 +134,9 @@ impl HostBackend {
                 return Ok(sdk);
             }
         }
-        Ok(sp.translate(command)?.unwrap_or_else(|| PathBuf::from(command)))
+        Ok(sp
+            .translate(command)?
+            .unwrap_or_else(|| PathBuf::from(command)))
     }
 
     fn cwd(&self, sp: &SessionPaths, cwd: Option<&str>) -> Result<PathBuf> {
@@ -156,9 +164,23 @@ impl HostBackend {
     fn readable_path(&self, session: &str, path: &str) -> Result<PathBuf> {
         let st = self.lock();
         let empty = Vec::new();
-        let mounts = st.sessions.get(session).map(|s| &s.mounts).unwrap_or(&empty);
-        let dir = self.dirs.data.join("profiles").join(&st.profile).join("sessions").join(session);
-        let sp = SessionPaths { name: session, dir: &dir, mounts };
+        let mounts = st
+            .sessions
+            .get(session)
+            .map(|s| &s.mounts)
+            .unwrap_or(&empty);
+        let dir = self
+            .dirs
+            .data
+            .join("profiles")
+            .join(&st.profile)
+            .join("sessions")
+            .join(session);
+        let sp = SessionPaths {
+            name: session,
+            dir: &dir,
+            mounts,
+        };
         let host = match sp.translate(path)? {
             Some(p) => p,
             None if path.starts_with('/') => PathBuf::from(path),
@@ -210,7 +232,9 @@ impl Backend for HostBackend {
     async fn start(&self, _request: StartRequest) -> Result<()> {
         let was = std::mem::replace(&mut self.lock().running, true);
         if !was {
-            tracing::warn!("host backend: sessions run WITHOUT isolation and with unrestricted network access");
+            tracing::warn!(
+                "host backend: sessions run WITHOUT isolation and with unrestricted network access"
+            );
             self.bus
                 .publish(&Event::NetworkStatus {
                     status: NetworkStatus::Connected,
@@ -256,13 +280,23 @@ impl Backend for HostBackend {
         let (mounts, failed_mounts) = self.merge_mounts(&req.name, &req.additional_mounts);
         let store = self.store();
         let dir = store.ensure(&req.name)?;
-        let sp = SessionPaths { name: &req.name, dir: &dir, mounts: &mounts };
+        let sp = SessionPaths {
+            name: &req.name,
+            dir: &dir,
+            mounts: &mounts,
+        };
         let program = self.program(&sp, &req.command)?;
         let args = translate_args(&sp, &req.args)?;
         let cwd = self.cwd(&sp, req.cwd.as_deref())?;
-        let token = req.oauth_token.clone().or_else(|| self.lock().token.clone());
+        let token = req
+            .oauth_token
+            .clone()
+            .or_else(|| self.lock().token.clone());
         let mut base: Vec<(String, String)> = std::env::vars().collect();
-        base.push(("TMPDIR".into(), dir.join(TMP_DIR).to_string_lossy().into_owned()));
+        base.push((
+            "TMPDIR".into(),
+            dir.join(TMP_DIR).to_string_lossy().into_owned(),
+        ));
         let mut env = session_env(base, &req.env, token.as_deref());
         translate_env(&sp, &mut env)?;
         tracing::info!(process = %req.id, session = %req.name, program = %program.display(), "spawn");
@@ -303,10 +337,16 @@ impl Backend for HostBackend {
             None if self.lock().sessions.contains_key(&req.process_id) => req.process_id.clone(),
             None => return Err(BackendError::NoSuchProcess(req.process_id)),
         };
-        let spec = MountSpec { path: req.subpath.clone(), mode: req.mode };
+        let spec = MountSpec {
+            path: req.subpath.clone(),
+            mode: req.mode,
+        };
         let (_, failed) = self.merge_mounts(&session, &[(req.mount_name.clone(), spec)]);
         if let Some(f) = failed.into_iter().next() {
-            return Err(BackendError::PathNotAllowed { path: f.path, reason: f.reason });
+            return Err(BackendError::PathNotAllowed {
+                path: f.path,
+                reason: f.reason,
+            });
         }
         Ok(MountPathResult {
             guest_path: format!("/sessions/{session}/mnt/{}", req.mount_name),
@@ -385,17 +425,28 @@ fn read_limited(path: &Path) -> Result<String> {
         .map_err(|e| BackendError::io(format!("cannot open {}", shown()), e))?;
     let meta = f.metadata().map_err(|e| BackendError::io(shown(), e))?;
     if !meta.is_file() {
-        return Err(BackendError::invalid("readFile", format!("{} is not a regular file", shown())));
+        return Err(BackendError::invalid(
+            "readFile",
+            format!("{} is not a regular file", shown()),
+        ));
     }
     if meta.len() > READ_FILE_LIMIT {
-        return Err(BackendError::FileTooLarge { path: path.to_path_buf(), size: meta.len(), limit: READ_FILE_LIMIT });
+        return Err(BackendError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit: READ_FILE_LIMIT,
+        });
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
     f.take(READ_FILE_LIMIT + 1)
         .read_to_end(&mut buf)
         .map_err(|e| BackendError::io(format!("cannot read {}", shown()), e))?;
     if buf.len() as u64 > READ_FILE_LIMIT {
-        return Err(BackendError::FileTooLarge { path: path.to_path_buf(), size: buf.len() as u64, limit: READ_FILE_LIMIT });
+        return Err(BackendError::FileTooLarge {
+            path: path.to_path_buf(),
+            size: buf.len() as u64,
+            limit: READ_FILE_LIMIT,
+        });
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }

@@ -368,4 +368,3 @@ async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receive
     }
     // Dropping `stdin` closes the pipe: the process sees end of file.
 }
-

@@ -22,7 +22,9 @@ pub enum FrameReadError {
 }
 
 /// The next frame's body, or `None` at a clean end of stream.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, FrameReadError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<Vec<u8>>, FrameReadError> {
     let mut len = [0u8; 4];
     let first = r.read(&mut len).await?;
     if first == 0 {
@@ -60,11 +62,20 @@ mod tests {
     async fn reads_frames_and_refuses_bad_ones() {
         let mut data: &[u8] = &[0, 0, 0, 2, b'{', b'}', 0, 0];
         assert_eq!(read_frame(&mut data).await.unwrap().unwrap(), b"{}");
-        assert!(matches!(read_frame(&mut data).await, Err(FrameReadError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut data).await,
+            Err(FrameReadError::Truncated)
+        ));
         let mut big: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut big).await, Err(FrameReadError::TooLarge(_))));
+        assert!(matches!(
+            read_frame(&mut big).await,
+            Err(FrameReadError::TooLarge(_))
+        ));
         let mut short: &[u8] = &[0, 0, 0, 9, b'{'];
-        assert!(matches!(read_frame(&mut short).await, Err(FrameReadError::Truncated)));
+        assert!(matches!(
+            read_frame(&mut short).await,
+            Err(FrameReadError::Truncated)
+        ));
         let mut empty: &[u8] = &[];
         assert!(read_frame(&mut empty).await.unwrap().is_none());
     }

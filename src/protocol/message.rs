@@ -72,7 +72,10 @@ mod tests {
     #[test]
     fn parses_and_refuses() {
         let r = parse_request(br#"{"method":"isRunning","id":7}"#).unwrap();
-        assert_eq!((r.method.as_str(), r.id, r.params), ("isRunning", Some(json!(7)), json!({})));
+        assert_eq!(
+            (r.method.as_str(), r.id, r.params),
+            ("isRunning", Some(json!(7)), json!({}))
+        );
         for bad in [
             &b"nope"[..],
             b"[1]",
@@ -83,15 +86,24 @@ mod tests {
             br#"{"method":"x","id":{}}"#,
             b"\xff\xfe",
         ] {
-            assert!(parse_request(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
-        let e = parse_request(br#"{"method":"x","id":3,"params":1}"#).err().unwrap();
+        let e = parse_request(br#"{"method":"x","id":3,"params":1}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.id, Some(json!(3)));
     }
 
     #[test]
     fn reply_shapes() {
-        assert_eq!(ok_reply(json!({}), None), json!({"success": true, "result": {}}));
+        assert_eq!(
+            ok_reply(json!({}), None),
+            json!({"success": true, "result": {}})
+        );
         assert_eq!(
             error_reply("bad", Some(json!(2))),
             json!({"success": false, "error": "bad", "id": 2})

@@ -30,11 +30,18 @@ pub async fn serve(helper: Helper, stream: UnixStream, conn: u64) {
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == nix::unistd::getuid().as_raw() => {}
         Ok(cred) => {
-            tracing::warn!(conn, "refused a connection from uid {} (only our own uid may connect)", cred.uid());
+            tracing::warn!(
+                conn,
+                "refused a connection from uid {} (only our own uid may connect)",
+                cred.uid()
+            );
             return;
         }
         Err(e) => {
-            tracing::warn!(conn, "refused a connection whose peer cannot be identified: {e}");
+            tracing::warn!(
+                conn,
+                "refused a connection whose peer cannot be identified: {e}"
+            );
             return;
         }
     }
@@ -68,7 +75,12 @@ async fn reject(wr: &mut OwnedWriteHalf, conn: u64, e: &FrameReadError) {
     }
 }
 
-async fn subscription(helper: Helper, mut rd: tokio::net::unix::OwnedReadHalf, mut wr: OwnedWriteHalf, conn: u64) {
+async fn subscription(
+    helper: Helper,
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    conn: u64,
+) {
     let mut sub = helper.bus.subscribe();
     if !write_value(&mut wr, &json!({"success": true})).await {
         return;
@@ -127,7 +139,9 @@ async fn requests(
                 }
             },
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let tx = tx.clone();
         let helper = helper.clone();
         tokio::spawn(async move {
@@ -149,7 +163,8 @@ async fn requests(
                     error_reply(&e.message, e.id)
                 }
             };
-            let frame = encode_frame(&reply).or_else(|e| encode_frame(&error_reply(&e.to_string(), None)));
+            let frame =
+                encode_frame(&reply).or_else(|e| encode_frame(&error_reply(&e.to_string(), None)));
             if let Ok(f) = frame {
                 let _ = tx.send(f).await;
             }

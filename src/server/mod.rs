@@ -19,7 +19,11 @@ pub async fn run(helper: Helper, socket: BoundSocket) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    tracing::info!(backend = helper.backend.name(), "listening on {}", socket.path.display());
+    tracing::info!(
+        backend = helper.backend.name(),
+        "listening on {}",
+        socket.path.display()
+    );
     let why = tokio::select! {
         _ = accept_loop(helper.clone(), &socket.listener) => "the listener failing",
         _ = term.recv() => "SIGTERM",

@@ -12,7 +12,9 @@ use tokio::net::UnixListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("another cowork-microvm is already serving {0}; stop it first or use another -socket path")]
+    #[error(
+        "another cowork-microvm is already serving {0}; stop it first or use another -socket path"
+    )]
     AlreadyServing(PathBuf),
     #[error("{0} is a symbolic link; refusing to use it as the socket path")]
     Symlink(PathBuf),
@@ -45,7 +47,7 @@ pub struct BoundSocket {
 impl BoundSocket {
     /// Removes the socket file if it is still ours.
     pub fn cleanup(&self) {
-        if std::fs::symlink_metadata(&self.path).map(|m| m.ino()) .ok() == Some(self.inode) {
+        if std::fs::symlink_metadata(&self.path).map(|m| m.ino()).ok() == Some(self.inode) {
             let _ = std::fs::remove_file(&self.path);
         }
         let _ = std::fs::remove_file(&self.lock_path);
@@ -61,7 +63,11 @@ pub fn dir_problems(dir: &Path) -> Vec<String> {
                 out.push(format!("{} is not a directory", dir.display()));
             } else {
                 if m.uid() != nix::unistd::getuid().as_raw() {
-                    out.push(format!("{} is owned by uid {}, not by you", dir.display(), m.uid()));
+                    out.push(format!(
+                        "{} is owned by uid {}, not by you",
+                        dir.display(),
+                        m.uid()
+                    ));
                 }
                 let mode = m.permissions().mode();
                 if mode & 0o1002 == 0o1002 {
@@ -79,7 +85,10 @@ pub fn dir_problems(dir: &Path) -> Vec<String> {
                 }
             }
         }
-        Err(_) => out.push(format!("{} does not exist yet (it is created 0700 on start)", dir.display())),
+        Err(_) => out.push(format!(
+            "{} does not exist yet (it is created 0700 on start)",
+            dir.display()
+        )),
     }
     out
 }
@@ -95,13 +104,19 @@ pub fn bind(path: &Path) -> Result<BoundSocket, BindError> {
         // Leaves room for the temporary suffix within sun_path's 108 bytes.
         return Err(BindError::TooLong(path.to_path_buf()));
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     if !dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io(format!("cannot create socket directory {}", dir.display())))?;
+            .map_err(io(format!(
+                "cannot create socket directory {}",
+                dir.display()
+            )))?;
     }
     for p in dir_problems(dir) {
         tracing::warn!("socket directory: {p}");
@@ -132,14 +147,19 @@ pub fn bind(path: &Path) -> Result<BoundSocket, BindError> {
 
     let tmp = with_suffix(path, &format!(".{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(io(format!("cannot bind {}", tmp.display())))?;
+    let listener =
+        UnixListener::bind(&tmp).map_err(io(format!("cannot bind {}", tmp.display())))?;
     let setup = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = setup {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(format!("cannot put the socket at {}", path.display()))(e));
+        return Err(io(format!("cannot put the socket at {}", path.display()))(
+            e,
+        ));
     }
-    let inode = std::fs::symlink_metadata(path).map(|m| m.ino()).unwrap_or(0);
+    let inode = std::fs::symlink_metadata(path)
+        .map(|m| m.ino())
+        .unwrap_or(0);
     Ok(BoundSocket {
         listener,
         path: path.to_path_buf(),

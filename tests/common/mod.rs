@@ -57,7 +57,10 @@ impl Helper {
         let home = home.canonicalize().unwrap();
         let socket = tmp.path().join("run/claude-cowork-vm.sock");
         let mut cmd = command(tmp.path());
-        cmd.arg("-socket").arg(&socket).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("-socket")
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         configure(&mut cmd);
         let child = cmd.spawn().unwrap();
         let h = Helper {
@@ -75,7 +78,10 @@ impl Helper {
     pub fn wait_listening(&self) {
         let start = Instant::now();
         while UnixStream::connect(&self.socket).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "helper never listened");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "helper never listened"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -94,7 +100,10 @@ impl Helper {
     /// A pipe that has been configured and a started session environment.
     pub fn started(&self) -> Pipe {
         let p = Pipe::new(self.conn());
-        p.ok("configure", json!({"userDataName": "test", "userDataRoot": "/x", "sessionOnly": true}));
+        p.ok(
+            "configure",
+            json!({"userDataName": "test", "userDataRoot": "/x", "sessionOnly": true}),
+        );
         p.ok("startVM", json!({}));
         p
     }
@@ -176,12 +185,18 @@ pub struct Pipe {
 
 impl Pipe {
     pub fn new(conn: Conn) -> Pipe {
-        Pipe { conn: std::sync::Mutex::new(conn), next: 1.into() }
+        Pipe {
+            conn: std::sync::Mutex::new(conn),
+            next: 1.into(),
+        }
     }
 
     pub fn send(&self, method: &str, params: Value) -> u64 {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.conn.lock().unwrap().send(&json!({"method": method, "id": id, "params": params}));
+        self.conn
+            .lock()
+            .unwrap()
+            .send(&json!({"method": method, "id": id, "params": params}));
         id
     }
 
