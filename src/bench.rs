@@ -230,6 +230,23 @@ async fn measure(
     Ok(res)
 }
 
+/// spawn+wait of /bin/true straight from this process: the machine's floor
+/// under any backend's spawn→exit figure.
+fn spawn_floor(iterations: usize) -> Stats {
+    let mut v = Vec::with_capacity(iterations);
+    for i in 0..WARMUP + iterations {
+        let t0 = Instant::now();
+        let ok = Command::new("/bin/true")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok && i >= WARMUP {
+            v.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    stats(v)
+}
+
 fn skip_reason(kind: Kind) -> Option<String> {
     match kind {
         Kind::Host => None,
@@ -255,6 +272,8 @@ pub fn main(args: BenchArgs) -> Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    eprintln!("bench [floor] spawn+wait of /bin/true without a helper: {iterations}");
+    let floor = spawn_floor(iterations);
     let mut results = Vec::new();
     for name in args
         .backend
@@ -285,7 +304,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             }
         }
     }
-    print_table(&results);
+    print_table(&floor, &results);
     if let Some(path) = &args.json {
         let doc = json!({
             "tool": "cowork-microvm bench",
@@ -293,6 +312,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             "profile": if args.quick { "quick" } else { "full" },
             "iterations": iterations,
             "outputMiB": mib,
+            "spawnFloorMs": floor,
             "results": results,
         });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
@@ -306,10 +326,14 @@ pub fn main(args: BenchArgs) -> Result<i32> {
     })
 }
 
-fn print_table(results: &[BackendResult]) {
+fn print_table(floor: &Stats, results: &[BackendResult]) {
     println!(
         "{:<8} {:>14} {:>12} {:>16} {:>12} {:>14}",
         "backend", "spawn→exit p50", "p90 (ms)", "stdout MiB/s p50", "RSS (MiB)", "peak RSS (MiB)"
+    );
+    println!(
+        "{:<8} {:>14.3} {:>12.3}   (spawn+wait with no helper: this machine's floor)",
+        "floor", floor.median, floor.p90
     );
     for r in results {
         if let Some(why) = r.skipped.as_ref().or(r.error.as_ref()) {

@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use crate::event::Event;
 use crate::wire::encode_frame;
 
-pub const QUEUE_FRAMES: usize = 256;
+/// With output read in 64 KiB chunks, about 4 MiB per subscriber.
+pub const QUEUE_FRAMES: usize = 64;
 pub const SLOW_SUBSCRIBER: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Default)]

@@ -187,6 +187,9 @@ impl ProcessTable {
             }
         }
         self.changed.notify_waiters();
+        if self.running_count() == 0 {
+            release_free_memory();
+        }
     }
 
     pub fn status(&self, id: &str) -> Result<ProcessStatus> {
@@ -352,6 +355,18 @@ impl<'a> PublishGuard<'a> {
 impl Drop for PublishGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Hands memory freed by a burst of output back to the kernel once nothing
+/// runs: glibc keeps freed heap in its arenas otherwise, and the helper's
+/// resident size would stay at its peak for the rest of its life.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it
+    // takes the allocator's locks and touches no memory of ours.
+    unsafe {
+        nix::libc::malloc_trim(0);
     }
 }
 
