@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use cowork_backend::{Backend, EventBus};
-use cowork_bwrap_fallback::{HostBackend, HostDirs};
+use cowork_bwrap_fallback::bwrap::{probe, BwrapSetup};
+use cowork_bwrap_fallback::{HostDirs, Isolation, LocalBackend};
 
 use crate::config::Settings;
 use crate::dispatch::Helper;
@@ -36,17 +37,37 @@ pub fn choose(settings: &Settings, cli_backend: Option<&str>) -> Selection {
     sel
 }
 
+/// The bwrap sandbox's host facts; `None` when bwrap is not installed.
+fn bwrap_setup() -> Option<BwrapSetup> {
+    let bwrap = probe::find_on_path("bwrap")?;
+    let helper_exe = std::env::current_exe().ok()?;
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    Some(BwrapSetup {
+        disable_userns: probe::supports_disable_userns(&bwrap),
+        bwrap,
+        helper_exe,
+        runtime_dir: runtime.join(format!("cowork-microvm-{}", std::process::id())),
+    })
+}
+
 pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
     let bus = EventBus::new();
-    let backend: Arc<dyn Backend> = match (sel.chosen, sel.usable) {
-        (Kind::Host, _) => Arc::new(HostBackend::new(
-            HostDirs {
-                home: settings.home.clone(),
-                data: settings.data_dir.clone(),
-            },
-            bus.clone(),
-        )),
-        (kind, _) => {
+    let dirs = HostDirs {
+        home: settings.home.clone(),
+        data: settings.data_dir.clone(),
+    };
+    let isolation = match (sel.chosen, sel.usable) {
+        (Kind::Host, _) => Some(Isolation::Host),
+        (Kind::Bwrap, true) => bwrap_setup().map(Isolation::Bwrap),
+        _ => None,
+    };
+    let backend: Arc<dyn Backend> = match isolation {
+        Some(iso) => Arc::new(LocalBackend::new(iso, dirs, bus.clone())),
+        None => {
+            let kind = sel.chosen;
             let reason = sel
                 .probe(kind)
                 .map(|p| match &p.fix {
@@ -54,12 +75,10 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
                     None => p.detail.clone(),
                 })
                 .unwrap_or_default();
-            if !sel.usable {
-                tracing::error!(
-                    backend = kind.as_str(),
-                    "the requested backend cannot run here: {reason}"
-                );
-            }
+            tracing::error!(
+                backend = kind.as_str(),
+                "the requested backend cannot run here: {reason}"
+            );
             Arc::new(UnavailableBackend {
                 name: kind.as_str(),
                 reason,

@@ -39,6 +39,16 @@ pub enum Command {
     },
     /// Measure spawn latency, output throughput and memory.
     Bench(BenchArgs),
+    /// pid 1 inside a bwrap sandbox (internal).
+    #[command(hide = true)]
+    SandboxInit {
+        #[arg(long)]
+        proxy: PathBuf,
+        #[arg(long)]
+        listen: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]

@@ -47,6 +47,13 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Doctor { json } => Ok(doctor::main(json)),
         Command::Bench(args) => bench::main(args),
+        Command::SandboxInit {
+            proxy,
+            listen,
+            command,
+        } => Ok(cowork_bwrap_fallback::bwrap::init::main(
+            &proxy, &listen, &command,
+        )),
     };
     match result {
         Ok(code) => exit(code),

@@ -2,15 +2,9 @@
 //! (backends.md): an explicit choice, else bwrap if it works, else kvm if it
 //! can run here, else host with a loud warning.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 use serde::Serialize;
-
-/// How long the `bwrap --ro-bind / / true` probe may take.
-const BWRAP_PROBE_LIMIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,93 +61,16 @@ impl Selection {
     }
 }
 
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| cowork_bwrap_fallback::host::is_executable(p))
-}
-
-/// Stderr of a failed bwrap probe that means unprivileged user namespaces
-/// are blocked (Ubuntu 24.04+ AppArmor, or a sysctl).
-fn userns_blocked(stderr: &str) -> bool {
-    let s = stderr.to_ascii_lowercase();
-    [
-        "user namespace",
-        "apparmor",
-        "operation not permitted",
-        "uid map",
-        "gid map",
-        "setting up uid map",
-        "clone_newuser",
-        "clone_newns",
-        "cap_sys_admin",
-        "no permissions to create new namespace",
-    ]
-    .iter()
-    .any(|p| s.contains(p))
-}
-
-pub const APPARMOR_FIX: &str = "sudo sh -c 'printf \"abi <abi/4.0>,\\ninclude <tunables/global>\\nprofile bwrap /usr/bin/bwrap flags=(unconfined) {\\n  userns,\\n}\\n\" > /etc/apparmor.d/bwrap && apparmor_parser -r /etc/apparmor.d/bwrap'   (or, system-wide: sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0)";
+pub use cowork_bwrap_fallback::bwrap::probe::find_on_path;
 
 /// Runs `bwrap --ro-bind / / true` with a time limit.
 pub fn probe_bwrap() -> Probe {
-    let fail = |detail: String, fix: Option<String>| Probe {
+    let p = cowork_bwrap_fallback::bwrap::probe::probe();
+    Probe {
         backend: Kind::Bwrap,
-        usable: false,
-        detail,
-        fix,
-    };
-    let Some(bwrap) = find_on_path("bwrap") else {
-        return fail(
-            "bwrap is not installed".into(),
-            Some("sudo apt-get install bubblewrap   (Fedora: sudo dnf install bubblewrap; Arch: sudo pacman -S bubblewrap)".into()),
-        );
-    };
-    let child = Command::new(&bwrap)
-        .args(["--ro-bind", "/", "/", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return fail(format!("cannot run {}: {e}", bwrap.display()), None),
-    };
-    let start = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Some(st),
-            Ok(None) if start.elapsed() < BWRAP_PROBE_LIMIT => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.by_ref().take(4096).read_to_string(&mut stderr);
-    }
-    match status {
-        None => fail(format!("`bwrap --ro-bind / / true` did not finish within {}s", BWRAP_PROBE_LIMIT.as_secs()), None),
-        Some(st) if st.success() => Probe {
-            backend: Kind::Bwrap,
-            usable: true,
-            detail: format!("{} can create namespaces", bwrap.display()),
-            fix: None,
-        },
-        Some(_) if userns_blocked(&stderr) => fail(
-            format!(
-                "bwrap cannot create a user namespace: unprivileged user namespaces are blocked (Ubuntu 24.04+ sets apparmor_restrict_unprivileged_userns=1). bwrap said: {}",
-                stderr.trim()
-            ),
-            Some(APPARMOR_FIX.into()),
-        ),
-        Some(st) => fail(format!("`bwrap --ro-bind / / true` failed ({st}): {}", stderr.trim()), None),
+        usable: p.usable,
+        detail: p.detail,
+        fix: p.fix,
     }
 }
 
@@ -216,15 +133,13 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
         fix: None,
     };
     let probes = vec![bwrap.clone(), kvm.clone(), host];
-    // bwrap works as a sandbox, but its backend is its own issue's work.
-    let bwrap_backend_ready = false;
 
     if let Some((value, source)) = forced {
         match Kind::parse(value) {
             Some(kind) => {
                 let usable = match kind {
                     Kind::Host => true,
-                    Kind::Bwrap => bwrap.usable && bwrap_backend_ready,
+                    Kind::Bwrap => bwrap.usable,
                     Kind::Kvm => kvm.usable,
                 };
                 return Selection {
@@ -262,10 +177,7 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
         );
     }
     if bwrap.usable {
-        if bwrap_backend_ready {
-            return pick(Kind::Bwrap, true, "bwrap works".into(), notes);
-        }
-        notes.push("bwrap works, but the bwrap backend is not built into this version yet".into());
+        return pick(Kind::Bwrap, true, "bwrap works".into(), notes);
     }
     if kvm.usable {
         return pick(
@@ -286,17 +198,6 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classifies_userns_failures() {
-        assert!(userns_blocked(
-            "bwrap: setting up uid map: Permission denied"
-        ));
-        assert!(userns_blocked("bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces."));
-        assert!(!userns_blocked(
-            "bwrap: execvp true: No such file or directory"
-        ));
-    }
 
     #[test]
     fn override_is_case_insensitive_and_unknown_values_detect() {

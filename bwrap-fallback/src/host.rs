@@ -1,457 +1,74 @@
-//! The host backend: sessions run as ordinary processes of the user, with
-//! no isolation at all. Guest paths are translated into host paths and
-//! never allowed out of the mount they name.
+//! The host backend's launch: no isolation at all, so guest paths in the
+//! spawn are translated into host paths (never out of the mount they name)
+//! and the process runs as the user, in the host's path space.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use async_trait::async_trait;
-use cowork_backend::api::*;
 use cowork_backend::args::{translate_args, translate_env};
-use cowork_backend::paths::{
-    canonicalize_lenient, parse_guest_path, resolve_host_path, validate_mount_source, HostMount,
-    SessionPaths,
-};
-use cowork_backend::session_data::{validate_name, SessionStore, TMP_DIR};
+use cowork_backend::paths::SessionPaths;
+use cowork_backend::session_data::TMP_DIR;
 use cowork_backend::spawn_env::session_env;
-use cowork_backend::{BackendError, Event, EventBus, NetworkStatus, Result};
-use nix::sys::signal::Signal;
+use cowork_backend::{BackendError, Result, SpawnRequest};
 
-use crate::process::{Launch, ProcessTable};
+use crate::process::{Launch, SignalRoute};
 
-/// readFile returns at most this much: the reply must fit in one frame.
-pub const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
-const DEFAULT_PROFILE: &str = "default";
-
-/// Where a process backend keeps things on the host.
-#[derive(Debug, Clone)]
-pub struct HostDirs {
-    pub home: PathBuf,
-    /// The helper's data directory (`$XDG_DATA_HOME/cowork-microvm`).
-    pub data: PathBuf,
+fn program(sp: &SessionPaths, command: &str, sdk: Option<&Path>) -> Result<PathBuf> {
+    if let (Some(sdk), "claude") = (sdk, command) {
+        return Ok(sdk.to_path_buf());
+    }
+    Ok(sp
+        .translate(command)?
+        .unwrap_or_else(|| PathBuf::from(command)))
 }
 
-#[derive(Default)]
-struct Session {
-    mounts: Vec<(String, HostMount)>,
-}
-
-struct State {
-    running: bool,
-    profile: String,
-    sessions: HashMap<String, Session>,
-    sdk: Option<PathBuf>,
-    token: Option<String>,
-}
-
-pub struct HostBackend {
-    dirs: HostDirs,
-    bus: EventBus,
-    procs: ProcessTable,
-    state: Mutex<State>,
-}
-
-impl HostBackend {
-    pub fn new(dirs: HostDirs, bus: EventBus) -> Self {
-        Self {
-            procs: ProcessTable::new(bus.clone()),
-            dirs,
-            bus,
-            state: Mutex::new(State {
-                running: false,
-                profile: DEFAULT_PROFILE.into(),
-                sessions: HashMap::new(),
-                sdk: None,
-                token: None,
-            }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn store(&self) -> SessionStore {
-        let profile = self.lock().profile.clone();
-        SessionStore::new(
-            self.dirs
-                .data
-                .join("profiles")
-                .join(profile)
-                .join("sessions"),
-        )
-    }
-
-    fn resolve_mount(&self, name: &str, path: &str) -> Result<PathBuf> {
-        validate_name("mount name", name)?;
-        let source = resolve_host_path(&self.dirs.home, path)?;
-        let canon = validate_mount_source(&self.dirs.home, &source)?;
-        if !canon.exists() {
-            std::fs::create_dir_all(&canon)
-                .map_err(|e| BackendError::io(format!("cannot create {}", canon.display()), e))?;
-        }
-        Ok(canon)
-    }
-
-    /// Resolves `additionalMounts`, replacing same-named shares of the
-    /// session; refused ones are reported, not fatal.
-    fn merge_mounts(
-        &self,
-        session: &str,
-        requested: &[(String, MountSpec)],
-    ) -> (Vec<(String, HostMount)>, Vec<FailedMount>) {
-        let mut failed = Vec::new();
-        let mut fresh = Vec::new();
-        for (name, spec) in requested {
-            match self.resolve_mount(name, &spec.path) {
-                Ok(host) => fresh.push((
-                    name.clone(),
-                    HostMount {
-                        host,
-                        mode: spec.mode.unwrap_or_default(),
-                    },
-                )),
-                Err(e) => failed.push(FailedMount {
-                    name: name.clone(),
-                    path: spec.path.clone(),
-                    reason: e.to_string(),
-                }),
-            }
-        }
-        let mut st = self.lock();
-        let sess = st.sessions.entry(session.to_string()).or_default();
-        for (name, m) in fresh {
-            sess.mounts.retain(|(n, _)| *n != name);
-            sess.mounts.push((name, m));
-        }
-        (sess.mounts.clone(), failed)
-    }
-
-    fn program(&self, sp: &SessionPaths, command: &str) -> Result<PathBuf> {
-        if command == "claude" {
-            if let Some(sdk) = self.lock().sdk.clone() {
-                return Ok(sdk);
-            }
-        }
-        Ok(sp
-            .translate(command)?
-            .unwrap_or_else(|| PathBuf::from(command)))
-    }
-
-    fn cwd(&self, sp: &SessionPaths, cwd: Option<&str>) -> Result<PathBuf> {
-        let dir = match cwd {
-            Some(c) if !c.is_empty() => match sp.translate_cwd(c)? {
-                Some(p) => p,
-                None => PathBuf::from(c),
-            },
-            _ => sp
-                .working_mount()
-                .map(|(_, m)| m.host.clone())
-                .unwrap_or_else(|| sp.dir.to_path_buf()),
-        };
-        if !dir.is_dir() {
-            return Err(BackendError::PathNotAllowed {
-                path: cwd.unwrap_or_default().to_string(),
-                reason: format!("{} is not a directory", dir.display()),
-            });
-        }
-        Ok(dir)
-    }
-
-    /// The host file readFile may read: inside the home directory or one of
-    /// the session's shares, after symlinks.
-    fn readable_path(&self, session: &str, path: &str) -> Result<PathBuf> {
-        let st = self.lock();
-        let empty = Vec::new();
-        let mounts = st
-            .sessions
-            .get(session)
-            .map(|s| &s.mounts)
-            .unwrap_or(&empty);
-        let dir = self
-            .dirs
-            .data
-            .join("profiles")
-            .join(&st.profile)
-            .join("sessions")
-            .join(session);
-        let sp = SessionPaths {
-            name: session,
-            dir: &dir,
-            mounts,
-        };
-        let host = match sp.translate(path)? {
+fn cwd(sp: &SessionPaths, cwd: Option<&str>) -> Result<PathBuf> {
+    let dir = match cwd {
+        Some(c) if !c.is_empty() => match sp.translate_cwd(c)? {
             Some(p) => p,
-            None if path.starts_with('/') => PathBuf::from(path),
-            None => resolve_host_path(&self.dirs.home, path)?,
-        };
-        let canon = canonicalize_lenient(&host)
-            .map_err(|e| BackendError::io(format!("cannot resolve {path}"), e))?;
-        let home = canonicalize_lenient(&self.dirs.home)
-            .map_err(|e| BackendError::io("cannot resolve the home directory", e))?;
-        let allowed = canon.starts_with(&home)
-            || canon.starts_with(&dir)
-            || mounts.iter().any(|(_, m)| canon.starts_with(&m.host));
-        if !allowed {
-            return Err(BackendError::PathNotAllowed {
-                path: path.to_string(),
-                reason: "readFile reads only the home directory and the session's shares".into(),
-            });
-        }
-        Ok(canon)
-    }
-}
-
-fn check_id(what: &'static str, v: &str) -> Result<()> {
-    if v.is_empty() || v.len() > 256 {
-        return Err(BackendError::invalid(what, "must be 1-256 characters"));
-    }
-    Ok(())
-}
-
-#[async_trait]
-impl Backend for HostBackend {
-    fn name(&self) -> &'static str {
-        "host"
-    }
-
-    async fn configure(&self, config: &VmConfig) -> Result<()> {
-        if let Some(name) = &config.user_data_name {
-            validate_name("userDataName", name)?;
-            self.lock().profile = name.clone();
-        }
-        Ok(())
-    }
-
-    async fn create_vm(&self, _request: CreateRequest) -> Result<()> {
-        // Nothing to create: the host is the environment.
-        Ok(())
-    }
-
-    async fn start(&self, _request: StartRequest) -> Result<()> {
-        let was = std::mem::replace(&mut self.lock().running, true);
-        if !was {
-            tracing::warn!(
-                "host backend: sessions run WITHOUT isolation and with unrestricted network access"
-            );
-            self.bus
-                .publish(&Event::NetworkStatus {
-                    status: NetworkStatus::Connected,
-                })
-                .await;
-        }
-        Ok(())
-    }
-
-    async fn stop(&self) -> Result<()> {
-        self.procs.stop_all().await;
-        let was = std::mem::replace(&mut self.lock().running, false);
-        if was {
-            self.bus
-                .publish(&Event::NetworkStatus {
-                    status: NetworkStatus::Disconnected,
-                })
-                .await;
-        }
-        Ok(())
-    }
-
-    fn is_running(&self) -> bool {
-        self.lock().running
-    }
-
-    fn is_guest_connected(&self) -> bool {
-        self.lock().running
-    }
-
-    async fn spawn(&self, req: SpawnRequest) -> Result<SpawnResult> {
-        check_id("id", &req.id)?;
-        validate_name("session name", &req.name)?;
-        if req.command.is_empty() {
-            return Err(BackendError::invalid("command", "must not be empty"));
-        }
-        if !self.is_running() {
-            return Err(BackendError::NotRunning);
-        }
-        if req.allowed_domains.is_some() {
-            tracing::warn!(session = %req.name, "host backend cannot enforce allowedDomains: the session has the user's full network access");
-        }
-        let (mounts, failed_mounts) = self.merge_mounts(&req.name, &req.additional_mounts);
-        let store = self.store();
-        let dir = store.ensure(&req.name)?;
-        let sp = SessionPaths {
-            name: &req.name,
-            dir: &dir,
-            mounts: &mounts,
-        };
-        let program = self.program(&sp, &req.command)?;
-        let args = translate_args(&sp, &req.args)?;
-        let cwd = self.cwd(&sp, req.cwd.as_deref())?;
-        let token = req
-            .oauth_token
-            .clone()
-            .or_else(|| self.lock().token.clone());
-        let mut base: Vec<(String, String)> = std::env::vars().collect();
-        base.push((
-            "TMPDIR".into(),
-            dir.join(TMP_DIR).to_string_lossy().into_owned(),
-        ));
-        let mut env = session_env(base, &req.env, token.as_deref());
-        translate_env(&sp, &mut env)?;
-        tracing::info!(process = %req.id, session = %req.name, program = %program.display(), "spawn");
-        self.procs.spawn(Launch {
-            id: req.id,
-            session: req.name,
-            program,
-            args,
-            env: env.into_iter().collect(),
-            cwd,
-        })?;
-        Ok(SpawnResult { failed_mounts })
-    }
-
-    async fn kill(&self, id: &str, signal: Signal) -> Result<()> {
-        self.procs.kill(id, signal)
-    }
-
-    async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
-        self.procs.write_stdin(id, data, eof).await
-    }
-
-    fn process_status(&self, id: &str) -> Result<ProcessStatus> {
-        self.procs.status(id)
-    }
-
-    async fn read_file(&self, session: &str, path: &str) -> Result<String> {
-        validate_name("processName", session)?;
-        let file = self.readable_path(session, path)?;
-        tokio::task::spawn_blocking(move || read_limited(&file))
-            .await
-            .map_err(|e| BackendError::invalid("readFile", e.to_string()))?
-    }
-
-    async fn mount_path(&self, req: MountPathRequest) -> Result<MountPathResult> {
-        let session = match self.procs.session_of(&req.process_id) {
-            Some(s) => s,
-            None if self.lock().sessions.contains_key(&req.process_id) => req.process_id.clone(),
-            None => return Err(BackendError::NoSuchProcess(req.process_id)),
-        };
-        let spec = MountSpec {
-            path: req.subpath.clone(),
-            mode: req.mode,
-        };
-        let (_, failed) = self.merge_mounts(&session, &[(req.mount_name.clone(), spec)]);
-        if let Some(f) = failed.into_iter().next() {
-            return Err(BackendError::PathNotAllowed {
-                path: f.path,
-                reason: f.reason,
-            });
-        }
-        Ok(MountPathResult {
-            guest_path: format!("/sessions/{session}/mnt/{}", req.mount_name),
-        })
-    }
-
-    async fn install_sdk(&self, sdk_subpath: &str, version: &str) -> Result<()> {
-        validate_name("version", version)?;
-        let dir = resolve_host_path(&self.dirs.home, sdk_subpath)?;
-        let bin = dir.join(version).join("claude");
-        if !is_executable(&bin) {
-            return Err(BackendError::SdkMissing(bin));
-        }
-        tracing::info!(sdk = %bin.display(), "SDK installed");
-        self.lock().sdk = Some(bin);
-        Ok(())
-    }
-
-    fn add_oauth_token(&self, token: String) {
-        self.lock().token = Some(token);
-    }
-
-    async fn sessions_disk_info(&self, low_water_bytes: u64) -> Result<DiskInfo> {
-        let (store, active) = (self.store(), self.procs.active_sessions());
-        blocking(move || store.disk_info(low_water_bytes, &active)).await
-    }
-
-    async fn delete_session_dirs(&self, names: Vec<String>) -> Result<DeleteResult> {
-        let (store, active) = (self.store(), self.procs.active_sessions());
-        let res = blocking(move || Ok(store.delete(&names, &active))).await?;
-        let mut st = self.lock();
-        for n in &res.deleted {
-            st.sessions.remove(n);
-        }
-        Ok(res)
-    }
-
-    async fn prune_session_caches(&self, req: PruneRequest) -> Result<PruneResult> {
-        let (store, active) = (self.store(), self.procs.active_sessions());
-        blocking(move || store.prune(&req, &active)).await
-    }
-
-    async fn send_guest_response(
-        &self,
-        id: &str,
-        _result_json: Option<String>,
-        _error: Option<String>,
-    ) -> Result<()> {
-        // Host sessions have no guest to ask the app anything.
-        Err(BackendError::NoPendingRequest(id.to_string()))
-    }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BackendError::invalid("task", e.to_string()))?
-}
-
-pub fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p)
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
-}
-
-fn read_limited(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let shown = || path.display().to_string();
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK: a FIFO planted by a session must not park a thread forever.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| BackendError::io(format!("cannot open {}", shown()), e))?;
-    let meta = f.metadata().map_err(|e| BackendError::io(shown(), e))?;
-    if !meta.is_file() {
-        return Err(BackendError::invalid(
-            "readFile",
-            format!("{} is not a regular file", shown()),
-        ));
-    }
-    if meta.len() > READ_FILE_LIMIT {
-        return Err(BackendError::FileTooLarge {
-            path: path.to_path_buf(),
-            size: meta.len(),
-            limit: READ_FILE_LIMIT,
+            None => PathBuf::from(c),
+        },
+        _ => sp
+            .working_mount()
+            .map(|(_, m)| m.host.clone())
+            .unwrap_or_else(|| sp.dir.to_path_buf()),
+    };
+    if !dir.is_dir() {
+        return Err(BackendError::PathNotAllowed {
+            path: cwd.unwrap_or_default().to_string(),
+            reason: format!("{} is not a directory", dir.display()),
         });
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(READ_FILE_LIMIT + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| BackendError::io(format!("cannot read {}", shown()), e))?;
-    if buf.len() as u64 > READ_FILE_LIMIT {
-        return Err(BackendError::FileTooLarge {
-            path: path.to_path_buf(),
-            size: buf.len() as u64,
-            limit: READ_FILE_LIMIT,
-        });
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    Ok(dir)
 }
 
-/// Whether `p` is a guest path (for callers deciding what to translate).
-pub fn is_guest_path(p: &str) -> bool {
-    parse_guest_path(p).is_some()
+pub fn launch(
+    sp: &SessionPaths,
+    req: &SpawnRequest,
+    mut base: Vec<(String, String)>,
+    token: Option<&str>,
+    sdk: Option<&Path>,
+) -> Result<Launch> {
+    if req.allowed_domains.is_some() {
+        tracing::warn!(session = %req.name, "host backend cannot enforce allowedDomains: the session has the user's full network access");
+    }
+    let program = program(sp, &req.command, sdk)?;
+    let args = translate_args(sp, &req.args)?;
+    let cwd = cwd(sp, req.cwd.as_deref())?;
+    base.push((
+        "TMPDIR".into(),
+        sp.dir.join(TMP_DIR).to_string_lossy().into_owned(),
+    ));
+    let mut env = session_env(base, &req.env, token);
+    translate_env(sp, &mut env)?;
+    Ok(Launch {
+        id: req.id.clone(),
+        session: req.name.clone(),
+        program,
+        args: args.into_iter().map(Into::into).collect(),
+        env: env.into_iter().collect(),
+        cwd,
+        signals: SignalRoute::Group,
+        exit_record: None,
+        guard: None,
+    })
 }

@@ -1,8 +1,12 @@
-//! Backends that run sessions as processes on the host: `host` (no
-//! isolation) now, bubblewrap in its own issue. Both share the process
-//! table in [`process`].
+//! Backends that run sessions as processes on this machine: `host` (no
+//! isolation) and `bwrap` (a bubblewrap sandbox with deny-by-default
+//! egress). They share the process table in [`process`] and the backend in
+//! [`local`]; [`egress`] is the proxy the VM backend reuses over vsock.
 
+pub mod bwrap;
+pub mod egress;
 pub mod host;
+pub mod local;
 pub mod process;
 
-pub use host::{HostBackend, HostDirs};
+pub use local::{HostDirs, Isolation, LocalBackend};

@@ -38,9 +38,70 @@ pub struct Launch {
     pub id: String,
     pub session: String,
     pub program: PathBuf,
-    pub args: Vec<String>,
+    pub args: Vec<std::ffi::OsString>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    pub signals: SignalRoute,
+    /// A file in which the process records how its payload ended (see
+    /// [`parse_exit_record`]); it wins over the process's own status.
+    pub exit_record: Option<PathBuf>,
+    /// Kept alive while the process runs (e.g. its egress listener).
+    pub guard: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// How `kill` reaches the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalRoute {
+    /// Signal the whole process group.
+    Group,
+    /// The group leader is bwrap; the program runs under the sandbox's
+    /// pid 1 (our `sandbox-init`, bwrap's child), which forwards signals to
+    /// it. SIGKILL goes to the group: bwrap dies and its
+    /// `--die-with-parent` takes the whole pid namespace with it.
+    SandboxInit,
+}
+
+/// Reads an exit record: `exit N` or `signal NAME`. A sandbox's init writes
+/// one because bwrap can only pass on an exit code, not a signal.
+pub fn parse_exit_record(text: &str) -> Option<(Option<i32>, Option<String>)> {
+    let (kind, value) = text.trim().split_once(' ')?;
+    match kind {
+        "exit" => Some((Some(value.parse().ok()?), None)),
+        "signal" if value.starts_with("SIG") && value.len() < 16 => {
+            Some((None, Some(value.to_string())))
+        }
+        _ => None,
+    }
+}
+
+/// The direct children of `pid`, from /proc.
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let task = format!("/proc/{pid}/task/{pid}/children");
+    if let Ok(list) = std::fs::read_to_string(task) {
+        return list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .map(Pid::from_raw)
+            .collect();
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    st.rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().nth(1).map(str::to_string))
+                })
+                .flatten()
+                .and_then(|pp| pp.parse::<i32>().ok())
+                == Some(pid.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
 }
 
 enum StdinMsg {
@@ -51,7 +112,9 @@ enum StdinMsg {
 struct Running {
     session: String,
     pgid: Pid,
+    signals: SignalRoute,
     stdin: mpsc::Sender<StdinMsg>,
+    _guard: Option<Box<dyn std::any::Any + Send>>,
 }
 
 #[derive(Default)]
@@ -114,15 +177,22 @@ impl ProcessTable {
             Running {
                 session: launch.session,
                 pgid: Pid::from_raw(pid),
+                signals: launch.signals,
                 stdin: stdin_tx,
+                _guard: launch.guard,
             },
         );
         drop(table);
-        tokio::spawn(self.clone().supervise(launch.id, child));
+        tokio::spawn(self.clone().supervise(launch.id, child, launch.exit_record));
         Ok(())
     }
 
-    async fn supervise(self, id: String, mut child: tokio::process::Child) {
+    async fn supervise(
+        self,
+        id: String,
+        mut child: tokio::process::Child,
+        exit_record: Option<PathBuf>,
+    ) {
         let activity = Arc::new(Activity::default());
         let out = child.stdout.take();
         let err = child.stderr.take();
@@ -158,8 +228,16 @@ impl ProcessTable {
                 }
             }
         }
+        let recorded = exit_record.as_ref().and_then(|p| {
+            let text = std::fs::read_to_string(p).ok();
+            let _ = std::fs::remove_file(p);
+            text.as_deref().and_then(parse_exit_record)
+        });
         let (exit_code, signal) = match status {
-            Ok(st) => (st.code(), st.signal().map(signal_name)),
+            // Killed from outside (SIGKILL to the group): the record, if
+            // any, is stale.
+            Ok(st) if st.signal().is_some() => (None, st.signal().map(signal_name)),
+            Ok(st) => recorded.unwrap_or((st.code(), None)),
             Err(e) => {
                 tracing::warn!(process = %id, "waiting for the process failed: {e}");
                 (None, None)
@@ -217,13 +295,22 @@ impl ProcessTable {
         }
     }
 
-    /// Signals the process's whole group.
+    /// Signals the process (see [`SignalRoute`]).
     pub fn kill(&self, id: &str, sig: Signal) -> Result<()> {
-        let t = self.lock();
-        let Some(p) = t.running.get(id) else {
-            return Err(self.known(id, &t));
+        let (pgid, route) = {
+            let t = self.lock();
+            let Some(p) = t.running.get(id) else {
+                return Err(self.known(id, &t));
+            };
+            (p.pgid, p.signals)
         };
-        killpg(p.pgid, sig).map_err(|e| BackendError::io(format!("kill {id}"), e.into()))
+        if route == SignalRoute::SandboxInit && sig != Signal::SIGKILL {
+            if let Some(init) = children_of(pgid).into_iter().next() {
+                return nix::sys::signal::kill(init, sig)
+                    .map_err(|e| BackendError::io(format!("kill {id}"), e.into()));
+            }
+        }
+        killpg(pgid, sig).map_err(|e| BackendError::io(format!("kill {id}"), e.into()))
     }
 
     pub async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
@@ -382,4 +469,28 @@ async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receive
         }
     }
     // Dropping `stdin` closes the pipe: the process sees end of file.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_record_forms() {
+        assert_eq!(parse_exit_record("exit 3\n"), Some((Some(3), None)));
+        assert_eq!(
+            parse_exit_record("signal SIGTERM"),
+            Some((None, Some("SIGTERM".into())))
+        );
+        for bad in [
+            "",
+            "exit",
+            "exit x",
+            "signal TERM",
+            "boom 1",
+            "signal SIGAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(parse_exit_record(bad), None, "{bad}");
+        }
+    }
 }

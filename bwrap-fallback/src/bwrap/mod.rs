@@ -1,0 +1,9 @@
+//! The bubblewrap backend's parts: the probe, the user's extra mounts, the
+//! sandbox command line, and `sandbox-init`, the sandbox's pid 1.
+
+pub mod init;
+pub mod probe;
+pub mod sandbox;
+pub mod user_config;
+
+pub use sandbox::BwrapSetup;

@@ -1,0 +1,356 @@
+//! The bubblewrap command line for one session process, and the launch
+//! that runs it. The layout matches the community daemon's sandbox
+//! (backends.md), then goes further: no network but the egress proxy, no
+//! IPC/UTS/cgroup sharing, no new user namespaces inside.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use cowork_backend::api::MountMode;
+use cowork_backend::paths::{parse_guest_path, GuestPlace, HostMount, SessionPaths};
+use cowork_backend::spawn_env::session_env;
+use cowork_backend::{BackendError, Result, SpawnRequest};
+
+use super::user_config::{self, UserMounts};
+use crate::egress::listener::EgressListener;
+use crate::egress::Policy;
+use crate::process::{Launch, SignalRoute};
+
+/// Where the helper binary (the sandbox's pid 1) and the proxy socket
+/// appear inside the sandbox.
+pub const INIT_PATH: &str = "/run/cowork/cowork-microvm";
+pub const PROXY_SOCKET: &str = "/run/cowork/egress.sock";
+/// The forwarder's address on the sandbox's own loopback.
+pub const PROXY_LISTEN: &str = "127.0.0.1:3128";
+
+/// Host facts a sandbox is built from, gathered once.
+#[derive(Debug, Clone)]
+pub struct BwrapSetup {
+    pub bwrap: PathBuf,
+    /// This binary, run inside as `sandbox-init`.
+    pub helper_exe: PathBuf,
+    /// Private directory for the per-process proxy sockets.
+    pub runtime_dir: PathBuf,
+    pub disable_userns: bool,
+}
+
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(1);
+
+/// Appends each argument, whatever path or string type it is.
+macro_rules! push {
+    ($v:expr, $($x:expr),+ $(,)?) => {{
+        $( $v.push(OsString::from(AsRef::<OsStr>::as_ref(&$x))); )+
+    }};
+}
+
+/// `/bin`, `/lib`, ... as the host has them: the same symlink on merged-usr,
+/// a read-only bind otherwise.
+fn system_dirs(a: &mut Vec<OsString>, disabled: &[PathBuf]) {
+    for dir in ["/usr", "/etc"] {
+        if !disabled.iter().any(|d| d == Path::new(dir)) {
+            push!(a, "--ro-bind", dir, dir);
+        }
+    }
+    for dir in ["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"] {
+        let p = Path::new(dir);
+        if disabled.iter().any(|d| d == p) {
+            continue;
+        }
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = std::fs::read_link(p) {
+                    push!(a, "--symlink", target, dir);
+                }
+            }
+            Ok(m) if m.is_dir() => push!(a, "--ro-bind", dir, dir),
+            _ => {}
+        }
+    }
+}
+
+/// The directory holding resolv.conf's target, when that lives under /run
+/// (systemd-resolved): /run is a fresh tmpfs in the sandbox.
+fn resolv_dir() -> Option<PathBuf> {
+    let target = std::fs::canonicalize("/etc/resolv.conf").ok()?;
+    let dir = target.parent()?.to_path_buf();
+    dir.starts_with("/run").then_some(dir)
+}
+
+pub struct SandboxPlan<'a> {
+    pub session: &'a str,
+    pub home: &'a Path,
+    pub mounts: &'a [(String, HostMount)],
+    pub sdk_dir: Option<&'a Path>,
+    pub proxy_socket: &'a Path,
+    pub status_file: &'a Path,
+    pub cwd: &'a str,
+    pub user: &'a UserMounts,
+    pub program: &'a str,
+    pub args: &'a [String],
+}
+
+impl BwrapSetup {
+    /// The full bwrap argument list for `plan`.
+    pub fn args(&self, plan: &SandboxPlan) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::with_capacity(64);
+        push!(
+            a,
+            "--unshare-user",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts"
+        );
+        push!(
+            a,
+            "--unshare-cgroup-try",
+            "--die-with-parent",
+            "--new-session",
+            "--as-pid-1"
+        );
+        if self.disable_userns {
+            push!(a, "--disable-userns");
+        }
+        push!(a, "--hostname", "cowork", "--tmpfs", "/");
+        system_dirs(&mut a, &plan.user.disabled);
+        push!(a, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run");
+        if let Some(dir) = resolv_dir() {
+            push!(a, "--ro-bind", dir, dir);
+        }
+        // An empty home: the real one stays invisible.
+        push!(a, "--dir", plan.home);
+        if let Some(sdk) = plan.sdk_dir {
+            push!(a, "--ro-bind", sdk, sdk);
+        }
+        let mnt = format!("/sessions/{}/mnt", plan.session);
+        push!(a, "--dir", mnt);
+        for (name, m) in plan.mounts {
+            let flag = if m.mode == MountMode::Ro {
+                "--ro-bind"
+            } else {
+                "--bind"
+            };
+            push!(a, flag, m.host, format!("{mnt}/{name}"));
+        }
+        for (src, dst) in &plan.user.ro {
+            push!(a, "--ro-bind", src, dst);
+        }
+        for (src, dst) in &plan.user.rw {
+            push!(a, "--bind", src, dst);
+        }
+        push!(a, "--ro-bind", self.helper_exe, INIT_PATH);
+        push!(a, "--bind", plan.proxy_socket, PROXY_SOCKET);
+        push!(a, "--bind", plan.status_file, super::init::STATUS_PATH);
+        push!(a, "--chdir", plan.cwd);
+        push!(
+            a,
+            "--",
+            INIT_PATH,
+            "sandbox-init",
+            "--proxy",
+            PROXY_SOCKET,
+            "--listen",
+            PROXY_LISTEN,
+            "--"
+        );
+        push!(a, plan.program);
+        a.extend(plan.args.iter().map(OsString::from));
+        a
+    }
+
+    /// The guest-side working directory: a guest path as given (it exists
+    /// in the sandbox), a session root meaning its working mount.
+    fn cwd(sp: &SessionPaths, cwd: Option<&str>) -> Result<String> {
+        let root = || match sp.working_mount() {
+            Some((name, _)) => format!("/sessions/{}/mnt/{name}", sp.name),
+            None => format!("/sessions/{}", sp.name),
+        };
+        let Some(c) = cwd.filter(|c| !c.is_empty()) else {
+            return Ok(root());
+        };
+        let Some(g) = parse_guest_path(c) else {
+            return Err(BackendError::PathNotAllowed {
+                path: c.to_string(),
+                reason: "the sandbox sees only /sessions/<name>/...: give a guest path".into(),
+            });
+        };
+        // Validates: the mount exists and the path stays inside it.
+        sp.translate(c)?;
+        Ok(match g.place {
+            GuestPlace::SessionRoot => root(),
+            _ => format!("/{}", c.trim_start_matches('/')),
+        })
+    }
+
+    pub fn launch(
+        &self,
+        sp: &SessionPaths,
+        req: &SpawnRequest,
+        home: &Path,
+        base: Vec<(String, String)>,
+        token: Option<&str>,
+        sdk: Option<&Path>,
+    ) -> Result<Launch> {
+        let cwd = Self::cwd(sp, req.cwd.as_deref())?;
+        let (policy, rejected) = Policy::new(req.allowed_domains.as_deref().unwrap_or(&[]));
+        if !rejected.is_empty() {
+            tracing::warn!(session = %req.name, "allowedDomains entries ignored: {}", rejected.join(", "));
+        }
+        cowork_backend::session_data::create_private_dir(&self.runtime_dir)?;
+        let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
+        let sock = self.runtime_dir.join(format!("p{n}.sock"));
+        let status_file = self.runtime_dir.join(format!("p{n}.status"));
+        std::fs::write(&status_file, "")
+            .map_err(|e| BackendError::io(format!("cannot create {}", status_file.display()), e))?;
+        let listener = EgressListener::bind(&sock, policy, req.name.clone()).map_err(|e| {
+            BackendError::io(
+                format!("cannot bind the egress proxy at {}", sock.display()),
+                e,
+            )
+        })?;
+        let (user, problems) = user_config::load(home);
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        let program = match (sdk, req.command.as_str()) {
+            (Some(bin), "claude") => bin.to_string_lossy().into_owned(),
+            _ => req.command.clone(),
+        };
+        let sdk_dir = sdk.and_then(Path::parent);
+        let args = self.args(&SandboxPlan {
+            session: &req.name,
+            home,
+            mounts: sp.mounts,
+            sdk_dir,
+            proxy_socket: &sock,
+            status_file: &status_file,
+            cwd: &cwd,
+            user: &user,
+            program: &program,
+            args: &req.args,
+        });
+        let proxy = format!("http://{PROXY_LISTEN}");
+        let mut base = base;
+        base.retain(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "XDG_RUNTIME_DIR"));
+        base.extend([
+            ("HOME".into(), home.to_string_lossy().into_owned()),
+            ("TMPDIR".into(), "/tmp".into()),
+        ]);
+        for k in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            base.push((k.into(), proxy.clone()));
+        }
+        base.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
+        base.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+        let env = session_env(base, &req.env, token);
+        Ok(Launch {
+            id: req.id.clone(),
+            session: req.name.clone(),
+            program: self.bwrap.clone(),
+            args,
+            env: env.into_iter().collect(),
+            cwd: PathBuf::from("/"),
+            signals: SignalRoute::SandboxInit,
+            exit_record: Some(status_file),
+            guard: Some(Box::new(listener)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> BwrapSetup {
+        BwrapSetup {
+            bwrap: "/usr/bin/bwrap".into(),
+            helper_exe: "/opt/cowork-microvm".into(),
+            runtime_dir: "/run/user/1/c".into(),
+            disable_userns: true,
+        }
+    }
+
+    fn strs(v: &[OsString]) -> Vec<String> {
+        v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+    }
+
+    fn has(args: &[String], seq: &[&str]) -> bool {
+        args.windows(seq.len()).any(|w| w == seq)
+    }
+
+    #[test]
+    fn layout_matches_the_protocol() {
+        let mounts = vec![
+            (
+                "proj".to_string(),
+                HostMount {
+                    host: "/home/a/proj".into(),
+                    mode: MountMode::Rw,
+                },
+            ),
+            (
+                "docs".to_string(),
+                HostMount {
+                    host: "/home/a/docs".into(),
+                    mode: MountMode::Ro,
+                },
+            ),
+        ];
+        let user = UserMounts {
+            ro: vec![("/opt/x".into(), "/x".into())],
+            disabled: vec!["/etc".into()],
+            ..Default::default()
+        };
+        let a = strs(&setup().args(&SandboxPlan {
+            session: "s1",
+            home: Path::new("/home/a"),
+            mounts: &mounts,
+            sdk_dir: Some(Path::new("/home/a/.sdk/1.0")),
+            proxy_socket: Path::new("/run/user/1/c/p1.sock"),
+            status_file: Path::new("/run/user/1/c/p1.status"),
+            cwd: "/sessions/s1/mnt/proj",
+            user: &user,
+            program: "claude",
+            args: &["-p".into(), "hi".into()],
+        }));
+        for seq in [
+            &["--unshare-net"][..],
+            &["--disable-userns"],
+            &["--die-with-parent"],
+            &["--new-session"],
+            &["--tmpfs", "/"],
+            &["--ro-bind", "/usr", "/usr"],
+            &["--dir", "/home/a"],
+            &["--ro-bind", "/home/a/.sdk/1.0", "/home/a/.sdk/1.0"],
+            &["--bind", "/home/a/proj", "/sessions/s1/mnt/proj"],
+            &["--ro-bind", "/home/a/docs", "/sessions/s1/mnt/docs"],
+            &["--ro-bind", "/opt/x", "/x"],
+            &["--chdir", "/sessions/s1/mnt/proj"],
+            &["--bind", "/run/user/1/c/p1.sock", PROXY_SOCKET],
+            &[
+                "sandbox-init",
+                "--proxy",
+                PROXY_SOCKET,
+                "--listen",
+                PROXY_LISTEN,
+                "--",
+                "claude",
+                "-p",
+                "hi",
+            ],
+        ] {
+            assert!(has(&a, seq), "missing {seq:?} in {a:?}");
+        }
+        assert!(
+            !has(&a, &["--ro-bind", "/etc", "/etc"]),
+            "disabled default bind"
+        );
+    }
+}

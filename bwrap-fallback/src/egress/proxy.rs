@@ -1,0 +1,351 @@
+//! The egress proxy itself: one HTTP proxy conversation over any byte
+//! stream (a Unix socket from a sandbox, a vsock stream from a VM, an
+//! in-memory pipe in tests). CONNECT for https; absolute-URI requests for
+//! plain http. The policy decides; the transport is the caller's business.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::policy::{normalize_host, Policy};
+
+/// The request line and headers must fit in this.
+const MAX_HEAD: usize = 32 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What happened to one proxied conversation, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Tunnelled { host: String, port: u16 },
+    Forwarded { host: String, port: u16 },
+    Denied { host: String },
+    BadRequest(String),
+    UpstreamFailed { host: String, error: String },
+}
+
+struct Head {
+    method: String,
+    target: String,
+    version: String,
+    /// Header lines after the request line, without the final blank line.
+    headers: Vec<String>,
+    /// Bytes read past the end of the head (the start of a body).
+    rest: Vec<u8>,
+}
+
+async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<Head, String> {
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(format!("request head over {MAX_HEAD} bytes"));
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the request head ended".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let text =
+        std::str::from_utf8(&buf[..end]).map_err(|_| "request head is not UTF-8".to_string())?;
+    let mut lines = text.split("\r\n");
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("malformed request line {line:?}"));
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || target.is_empty() {
+        return Err(format!("malformed request line {line:?}"));
+    }
+    Ok(Head {
+        method: method.to_string(),
+        target: target.to_string(),
+        version: version.to_string(),
+        headers: lines.map(str::to_string).collect(),
+        rest: buf[end + 4..].to_vec(),
+    })
+}
+
+/// Splits `host:port` (or `[v6]:port`); `default` when no port is given.
+fn split_host_port(authority: &str, default: u16) -> Result<(String, u16), String> {
+    let bad = || format!("bad host {authority:?}");
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| bad())?,
+        None => default,
+    };
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((normalize_host(host), port))
+}
+
+/// `http://host[:port]/path` into (host, port, origin-form path).
+fn split_absolute(uri: &str) -> Result<(String, u16, String), String> {
+    let rest = uri
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URIs are proxied without CONNECT, not {uri:?}"))?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, a)| a)
+        .unwrap_or(authority);
+    let (host, port) = split_host_port(authority, 80)?;
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Ok((host, port, path))
+}
+
+async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: &str, body: &str) {
+    let msg = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(msg.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+async fn dial(host: &str, port: u16) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+/// Serves one proxy conversation on `client` under `policy`.
+pub async fn serve<S>(mut client: S, policy: &Policy) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            respond(
+                &mut client,
+                "400 Bad Request",
+                &format!("cowork egress proxy: {e}\n"),
+            )
+            .await;
+            return Outcome::BadRequest(e);
+        }
+        Err(_) => return Outcome::BadRequest("request head timed out".into()),
+    };
+    let connect = head.method.eq_ignore_ascii_case("CONNECT");
+    let target = if connect {
+        split_host_port(&head.target, 443).map(|(h, p)| (h, p, String::new()))
+    } else {
+        split_absolute(&head.target)
+    };
+    let (host, port, path) = match target {
+        Ok(t) => t,
+        Err(e) => {
+            respond(
+                &mut client,
+                "400 Bad Request",
+                &format!("cowork egress proxy: {e}\n"),
+            )
+            .await;
+            return Outcome::BadRequest(e);
+        }
+    };
+    if !policy.allows(&host) {
+        tracing::warn!(host = %host, "egress denied: {host} is not in this session's allowedDomains");
+        respond(
+            &mut client,
+            "403 Forbidden",
+            &format!("cowork egress proxy: {host} is not in this session's allowed domains\n"),
+        )
+        .await;
+        return Outcome::Denied { host };
+    }
+    let mut upstream = match dial(&host, port).await {
+        Ok(u) => u,
+        Err(error) => {
+            respond(
+                &mut client,
+                "502 Bad Gateway",
+                &format!("cowork egress proxy: {host}:{port}: {error}\n"),
+            )
+            .await;
+            return Outcome::UpstreamFailed { host, error };
+        }
+    };
+    let outcome = if connect {
+        if client
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Outcome::Tunnelled { host, port };
+        }
+        Outcome::Tunnelled { host, port }
+    } else {
+        // One request per upstream connection: a keep-alive connection
+        // could otherwise carry a second request to another host.
+        let mut req = format!("{} {path} {}\r\n", head.method, head.version);
+        for h in &head.headers {
+            let name = h
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if !matches!(
+                name.as_str(),
+                "proxy-connection" | "connection" | "proxy-authorization" | "keep-alive"
+            ) {
+                req.push_str(h);
+                req.push_str("\r\n");
+            }
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        if upstream.write_all(req.as_bytes()).await.is_err()
+            || upstream.write_all(&head.rest).await.is_err()
+        {
+            return Outcome::UpstreamFailed {
+                host,
+                error: "upstream closed".into(),
+            };
+        }
+        Outcome::Forwarded { host, port }
+    };
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn upstream() -> (u16, tokio::task::JoinHandle<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let h = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        });
+        (port, h)
+    }
+
+    async fn talk(policy: &Policy, request: &str) -> (Outcome, String) {
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let policy = policy.clone();
+        let server = tokio::spawn(async move { serve(theirs, &policy).await });
+        ours.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut out)).await;
+        drop(ours);
+        (
+            server.await.unwrap(),
+            String::from_utf8_lossy(&out).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn forwards_allowed_http_and_refuses_the_rest() {
+        let (pol, _) = Policy::new(&["localhost".into()]);
+        let (port, seen) = upstream().await;
+        let (o, reply) = talk(&pol, &format!("GET http://localhost:{port}/x?y=1 HTTP/1.1\r\nHost: localhost\r\nProxy-Connection: keep-alive\r\n\r\n")).await;
+        assert_eq!(
+            o,
+            Outcome::Forwarded {
+                host: "localhost".into(),
+                port
+            }
+        );
+        assert!(reply.ends_with("hi"), "{reply}");
+        let seen = seen.await.unwrap();
+        assert!(seen.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{seen}");
+        assert!(
+            seen.contains("Connection: close")
+                && !seen.to_ascii_lowercase().contains("proxy-connection")
+        );
+
+        let (o, reply) = talk(
+            &pol,
+            "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            o,
+            Outcome::Denied {
+                host: "example.com".into()
+            }
+        );
+        assert!(reply.starts_with("HTTP/1.1 403"));
+        let (o, _) = talk(
+            &Policy::deny_all(),
+            "GET http://localhost/ HTTP/1.1\r\n\r\n",
+        )
+        .await;
+        assert!(matches!(o, Outcome::Denied { .. }));
+    }
+
+    #[tokio::test]
+    async fn tunnels_connect() {
+        let (pol, _) = Policy::new(&["localhost".into()]);
+        let (port, seen) = upstream().await;
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move { serve(theirs, &pol).await });
+        ours.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 39];
+        ours.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        ours.write_all(b"raw bytes").await.unwrap();
+        assert_eq!(seen.await.unwrap(), "raw bytes");
+        drop(ours);
+        assert!(matches!(server.await.unwrap(), Outcome::Tunnelled { .. }));
+    }
+
+    #[tokio::test]
+    async fn malformed_requests_get_400() {
+        let pol = Policy::new(&["localhost".into()]).0;
+        for bad in [
+            "garbage\r\n\r\n",
+            "GET /relative HTTP/1.1\r\n\r\n",
+            "GET https://localhost/ HTTP/1.1\r\n\r\n",
+            "CONNECT localhost:99999 HTTP/1.1\r\n\r\n",
+            "CONNECT :443 HTTP/1.1\r\n\r\n",
+            "GET http://localhost/ SPDY/3\r\n\r\n",
+        ] {
+            let (o, reply) = talk(&pol, bad).await;
+            assert!(matches!(o, Outcome::BadRequest(_)), "{bad:?}: {o:?}");
+            assert!(reply.starts_with("HTTP/1.1 400"), "{bad:?}");
+        }
+        let huge = format!(
+            "GET http://localhost/ HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD + 10)
+        );
+        assert!(matches!(talk(&pol, &huge).await.0, Outcome::BadRequest(_)));
+    }
+}
