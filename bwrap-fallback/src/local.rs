@@ -95,6 +95,7 @@ impl LocalBackend {
     fn resolve_mount(&self, name: &str, path: &str) -> Result<PathBuf> {
         validate_name("mount name", name)?;
         let source = resolve_host_path(&self.dirs.home, path)?;
+        repair_self_symlink(&source);
         let canon = validate_mount_source(&self.dirs.home, &source)?;
         if !canon.exists() {
             std::fs::create_dir_all(&canon)
@@ -178,6 +179,22 @@ impl LocalBackend {
             });
         }
         Ok(canon)
+    }
+}
+
+/// A mount source that is a symlink to itself (left behind by an earlier
+/// failed set-up) can never resolve: remove it so the directory can be made.
+fn repair_self_symlink(p: &Path) {
+    let Ok(target) = std::fs::read_link(p) else {
+        return;
+    };
+    let resolved = match p.parent() {
+        Some(dir) if target.is_relative() => dir.join(&target),
+        _ => target,
+    };
+    if resolved == p {
+        tracing::info!("removing self-referential symlink {}", p.display());
+        let _ = std::fs::remove_file(p);
     }
 }
 

@@ -61,6 +61,21 @@ pub enum SignalRoute {
     SandboxInit,
 }
 
+/// Sends `sig` the way `route` says. A sandbox's init gets every signal to
+/// forward to its program; SIGKILL goes to the init (which takes the pid
+/// namespace down) and to bwrap's group as well.
+fn deliver(pgid: Pid, route: SignalRoute, sig: Signal) -> nix::Result<()> {
+    if route == SignalRoute::SandboxInit {
+        if let Some(init) = children_of(pgid).into_iter().next() {
+            let sent = nix::sys::signal::kill(init, sig);
+            if sig != Signal::SIGKILL {
+                return sent;
+            }
+        }
+    }
+    killpg(pgid, sig)
+}
+
 /// Reads an exit record: `exit N` or `signal NAME`. A sandbox's init writes
 /// one because bwrap can only pass on an exit code, not a signal.
 pub fn parse_exit_record(text: &str) -> Option<(Option<i32>, Option<String>)> {
@@ -304,13 +319,7 @@ impl ProcessTable {
             };
             (p.pgid, p.signals)
         };
-        if route == SignalRoute::SandboxInit && sig != Signal::SIGKILL {
-            if let Some(init) = children_of(pgid).into_iter().next() {
-                return nix::sys::signal::kill(init, sig)
-                    .map_err(|e| BackendError::io(format!("kill {id}"), e.into()));
-            }
-        }
-        killpg(pgid, sig).map_err(|e| BackendError::io(format!("kill {id}"), e.into()))
+        deliver(pgid, route, sig).map_err(|e| BackendError::io(format!("kill {id}"), e.into()))
     }
 
     pub async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
@@ -350,7 +359,7 @@ impl ProcessTable {
 
     fn signal_all(&self, sig: Signal) {
         for p in self.lock().running.values() {
-            let _ = killpg(p.pgid, sig);
+            let _ = deliver(p.pgid, p.signals, sig);
         }
     }
 

@@ -39,6 +39,9 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Result<Head, String> {
     let mut buf = Vec::with_capacity(1024);
     let end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if i > MAX_HEAD {
+                return Err(format!("request head over {MAX_HEAD} bytes"));
+            }
             break i;
         }
         if buf.len() > MAX_HEAD {

@@ -1,0 +1,396 @@
+//! The bwrap backend end to end: the sandbox's layout, its network (none
+//! but the egress proxy), process teardown, and the user's mount config.
+//! Needs a working bubblewrap (`.ci/run` installs Debian's); each test says
+//! SKIP and why when bwrap cannot run here.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+fn bwrap_usable(test: &str) -> bool {
+    let ok = std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("SKIP {test}: bubblewrap is not installed or cannot create namespaces here");
+    }
+    ok
+}
+
+fn bwrap_helper() -> Helper {
+    Helper::start_with(|c| {
+        c.env("COWORK_MICROVM_BACKEND", "bwrap");
+    })
+}
+
+fn mounts(h: &Helper) -> serde_json::Value {
+    h.mkdir("proj");
+    h.mkdir("docs");
+    json!({"proj": {"path": "proj", "mode": "rw"}, "docs": {"path": "docs", "mode": "ro"}})
+}
+
+#[test]
+fn sandbox_layout_hides_home_and_enforces_modes() {
+    if !bwrap_usable("sandbox_layout_hides_home_and_enforces_modes") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    std::fs::write(h.home.join("secret.txt"), "top secret").unwrap();
+    let m = mounts(&h);
+    std::fs::write(h.home.join("docs/readme"), "doc").unwrap();
+    let script = r#"
+pwd
+ls -A /sessions/s1/mnt | tr '\n' ' '; echo
+if [ -e "$HOME/secret.txt" ]; then echo home-visible; else echo home-invisible; fi
+ls -A "$HOME" | wc -l
+echo written > new.txt
+cat ../docs/readme; echo
+if echo x > ../docs/x 2>/dev/null; then echo ro-writable; else echo ro-refused; fi
+if unshare -U true 2>/dev/null; then echo userns-allowed; else echo userns-refused; fi
+hostname
+"#;
+    p.ok("spawn", json!({"id": "l", "name": "s1", "command": "/bin/sh", "args": ["-c", script], "cwd": "/sessions/s1", "additionalMounts": m}));
+    let o = ev.until_exit("l");
+    assert_eq!(
+        o.stdout,
+        "/sessions/s1/mnt/proj\ndocs proj \nhome-invisible\n0\ndoc\nro-refused\nuserns-refused\ncowork\n",
+        "{o:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.home.join("proj/new.txt")).unwrap(),
+        "written\n"
+    );
+    assert!(!h.home.join("docs/x").exists());
+}
+
+/// A tiny HTTP server on the host's loopback answering every request.
+fn upstream() -> (u16, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(false).unwrap();
+    let t = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nupstream-ok",
+            );
+            if Instant::now() > deadline || buf.starts_with(b"QUIT") {
+                break;
+            }
+        }
+    });
+    (port, t)
+}
+
+#[test]
+fn network_is_the_egress_proxy_and_nothing_else() {
+    if !bwrap_usable("network_is_the_egress_proxy_and_nothing_else") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let (port, server) = upstream();
+    let script = format!(
+        r#"
+import os, socket, urllib.request
+for k in ("no_proxy", "NO_PROXY"):
+    os.environ.pop(k, None)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3)
+    print("direct-connected")
+except OSError:
+    print("direct-refused")
+print(urllib.request.urlopen("http://localhost:{port}/x", timeout=10).read().decode())
+try:
+    urllib.request.urlopen("http://example.com/", timeout=10)
+    print("other-allowed")
+except urllib.error.HTTPError as e:
+    print("other", e.code)
+s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+s.sendall(b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\n\r\n")
+print(s.recv(12).decode())
+"#
+    );
+    p.ok("spawn", json!({"id": "n", "name": "s1", "command": "python3", "args": ["-c", script], "allowedDomains": ["localhost"]}));
+    let o = ev.until_exit("n");
+    assert_eq!(
+        o.stdout, "direct-refused\nupstream-ok\nother 403\nHTTP/1.1 403\n",
+        "{o:?}"
+    );
+    // No allowedDomains at all: no egress at all.
+    p.ok("spawn", json!({"id": "n2", "name": "s1", "command": "python3", "args": ["-c", format!(
+        "import os,urllib.request\nos.environ.pop('no_proxy',None);os.environ.pop('NO_PROXY',None)\ntry:\n urllib.request.urlopen('http://localhost:{port}/')\nexcept urllib.error.HTTPError as e: print(e.code)")]}));
+    assert_eq!(ev.until_exit("n2").stdout, "403\n");
+    assert!(
+        h.log_text().contains("egress denied: example.com"),
+        "denials are logged with the host"
+    );
+    let _ =
+        std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| s.write_all(b"QUIT"));
+    let _ = server.join();
+}
+
+/// Running `sleep` processes whose argument contains `marker`.
+fn processes_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+                    args.first().is_some_and(|a| a.ends_with(b"sleep"))
+                        && args
+                            .get(1)
+                            .is_some_and(|a| String::from_utf8_lossy(a).contains(marker))
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+fn wait_gone(marker: &str) {
+    let t0 = Instant::now();
+    while processes_with(marker) > 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "processes with {marker} survived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_and_stopped_sessions_leave_no_process_behind() {
+    if !bwrap_usable("killed_and_stopped_sessions_leave_no_process_behind") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    // A grandchild in the background, a child that ignores SIGTERM.
+    p.ok(
+        "spawn",
+        sh("k", "sleep 7771001 & trap '' TERM; sleep 7771002; wait"),
+    );
+    let t0 = Instant::now();
+    while processes_with("777100") < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.ok("kill", json!({"id": "k", "signal": "SIGKILL"}));
+    assert_eq!(ev.until_exit("k").exit["signal"], "SIGKILL");
+    wait_gone("777100");
+
+    p.ok(
+        "spawn",
+        sh("t", "sleep 7772001 & trap '' TERM; sleep 7772002; wait"),
+    );
+    let t0 = Instant::now();
+    while processes_with("777200") < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.ok("stopVM", json!({}));
+    ev.until_exit("t");
+    wait_gone("777200");
+}
+
+#[test]
+fn signals_exit_codes_stdin_and_token_in_the_sandbox() {
+    if !bwrap_usable("signals_exit_codes_stdin_and_token_in_the_sandbox") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    p.ok("spawn", sh("e", "exit 42"));
+    assert_eq!(ev.until_exit("e").exit["exitCode"], 42);
+    p.ok("spawn", spawn_params("s", "s1", "/bin/sleep", &["30"]));
+    std::thread::sleep(Duration::from_millis(300));
+    p.ok("kill", json!({"id": "s", "signal": "SIGTERM"}));
+    let o = ev.until_exit("s");
+    assert_eq!(
+        o.exit["signal"], "SIGTERM",
+        "forwarded to the program, reported as a signal: {o:?}"
+    );
+    p.ok("spawn", spawn_params("c", "s1", "/bin/cat", &[]));
+    p.ok(
+        "writeStdin",
+        json!({"id": "c", "data": "through the sandbox\n", "eof": true}),
+    );
+    assert_eq!(ev.until_exit("c").stdout, "through the sandbox\n");
+    let mut s = sh(
+        "tok",
+        "echo \"$CLAUDE_CODE_OAUTH_TOKEN $TERM ${CLAUDECODE-unset} $HTTPS_PROXY\"",
+    );
+    s["oauthToken"] = json!("sandbox-SECRET-1");
+    s["env"] = json!({"CLAUDECODE": "1"});
+    p.ok("spawn", s);
+    assert_eq!(
+        ev.until_exit("tok").stdout,
+        "sandbox-SECRET-1 xterm-256color unset http://127.0.0.1:3128\n"
+    );
+    assert!(!h.log_text().contains("SECRET"));
+}
+
+#[test]
+fn refused_mounts_are_listed_and_the_session_still_starts() {
+    if !bwrap_usable("refused_mounts_are_listed_and_the_session_still_starts") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    h.mkdir("ok");
+    std::os::unix::fs::symlink("/etc", h.home.join("etc-link")).unwrap();
+    // A self-referential symlink at a mount source is repaired.
+    std::os::unix::fs::symlink(h.home.join("loop"), h.home.join("loop")).unwrap();
+    let r = p.ok("spawn", json!({"id": "f", "name": "s1", "command": "/bin/sh", "args": ["-c", "ls /sessions/s1/mnt | tr '\\n' ' '"],
+        "additionalMounts": {"ok": {"path": "ok"}, "sys": {"path": "/sys"}, "etc": {"path": "etc-link"},
+                             "esc": {"path": "ok/../../../../etc"}, "loop": {"path": "loop"}}}));
+    let mut failed: Vec<&str> = r["failedMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["esc", "etc", "sys"], "{r}");
+    assert_eq!(ev.until_exit("f").stdout, "loop ok ");
+    assert!(h.home.join("loop").is_dir());
+}
+
+#[test]
+fn user_mount_config_is_applied_and_bad_config_ignored() {
+    if !bwrap_usable("user_mount_config_is_applied_and_bad_config_ignored") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let extra = h.mkdir("extra");
+    std::fs::write(extra.join("e.txt"), "extra!").unwrap();
+    h.mkdir(".config/Claude");
+    let cfg = h
+        .home
+        .join(".config/Claude/claude_desktop_linux_config.json");
+    std::fs::write(
+        &cfg,
+        json!({"preferences": {"coworkBwrapMounts": {
+            "additionalROBinds": [{"src": extra, "dst": "/opt/extra"}, "/proc/self"],
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    p.ok(
+        "spawn",
+        sh(
+            "u",
+            "cat /opt/extra/e.txt; echo; touch /opt/extra/w 2>/dev/null || echo ro",
+        ),
+    );
+    assert_eq!(ev.until_exit("u").stdout, "extra!\nro\n");
+    assert!(
+        h.log_text().contains("/proc/self"),
+        "the refused entry is named in the log"
+    );
+    std::fs::write(&cfg, "{broken").unwrap();
+    p.ok("spawn", sh("u2", "echo fine"));
+    assert_eq!(ev.until_exit("u2").stdout, "fine\n");
+    assert!(h.log_text().contains("not valid JSON"));
+}
+
+#[test]
+fn api_reachability_is_probed_after_start() {
+    if !bwrap_usable("api_reachability_is_probed_after_start") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = Pipe::new(h.conn());
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    p.ok(
+        "startVM",
+        json!({"apiProbeURL": format!("http://127.0.0.1:{port}/v1")}),
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(ev.next());
+    }
+    assert!(
+        seen.contains(&json!({"type": "networkStatus", "status": "connected"})),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&json!({"type": "apiReachability", "status": "reachable"})),
+        "{seen:?}"
+    );
+    drop(l);
+    p.ok("stopVM", json!({}));
+    assert_eq!(
+        ev.next(),
+        json!({"type": "networkStatus", "status": "disconnected"})
+    );
+    p.ok(
+        "startVM",
+        json!({"apiProbeURL": format!("http://127.0.0.1:{port}/v1")}),
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(ev.next());
+    }
+    assert!(
+        seen.contains(&json!({"type": "apiReachability", "status": "unreachable"})),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn doctor_reports_bwrap_usable() {
+    if !bwrap_usable("doctor_reports_bwrap_usable") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("home")).unwrap();
+    let out = command(t.path())
+        .env_remove("COWORK_MICROVM_BACKEND")
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["backend"], "bwrap", "{r}");
+    assert_eq!(r["sandboxed"], true);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn forced_bwrap_without_bwrap_fails_start_with_the_fix() {
+    let h = Helper::start_with(|c| {
+        c.env("COWORK_MICROVM_BACKEND", "bwrap")
+            .env("PATH", "/nonexistent");
+    });
+    let p = Pipe::new(h.conn());
+    let e = p.err("startVM", json!({}));
+    assert!(
+        e.contains("bwrap is not installed") && e.contains("apt-get install bubblewrap"),
+        "{e}"
+    );
+    assert_eq!(p.ok("isRunning", json!({})), json!({"running": false}));
+    assert!(p.err("spawn", sh("x", "true")).contains("unavailable"));
+}
