@@ -95,13 +95,16 @@ impl HelperProcess {
         let dir =
             std::env::temp_dir().join(format!("cowork-bench-{}-{backend}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(dir.join("home/shared"))?;
         let socket = dir.join("s.sock");
         let child = Command::new(std::env::current_exe()?)
             .args(["serve", "--backend", backend, "--socket"])
             .arg(&socket)
             .env("COWORK_VM_LOG_FILE", "")
             .env("COWORK_VM_DATA_DIR", dir.join("data"))
+            // A home of its own: the shared folder lives there, as the
+            // app's do in the user's home.
+            .env("HOME", dir.join("home"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -197,7 +200,10 @@ async fn measure(
     }
     res.spawn_exit_ms = Some(stats(lat));
 
-    let file = output_file(&helper.dir, mib)?;
+    // Read from a shared folder by its guest path, as a session would.
+    output_file(&helper.dir.join("home/shared"), mib)?;
+    let cwd = "/sessions/bench/mnt/shared";
+    let mounts = json!({"shared": {"path": "shared", "mode": "ro"}});
     eprintln!("bench [{kind}] stdout throughput: {repeats} × {mib} MiB");
     let mut rates = Vec::new();
     for i in 0..repeats + 1 {
@@ -207,7 +213,8 @@ async fn measure(
         client
             .call(
                 "spawn",
-                json!({"id": id, "name": "bench", "command": "cat", "args": [file]}),
+                json!({"id": id, "name": "bench", "command": "cat", "args": ["output.txt"],
+                    "cwd": cwd, "additionalMounts": mounts}),
             )
             .await?;
         wait_exit(&mut events, &id, |n| bytes += n).await?;
@@ -252,10 +259,7 @@ fn skip_reason(kind: Kind) -> Option<String> {
         Kind::Host => None,
         Kind::Bwrap => Some(crate::select::probe_bwrap())
             .filter(|p| !p.usable)
-            .map(|p| p.detail)
-            .or(Some(
-                "the bwrap backend is not built into this version yet".into(),
-            )),
+            .map(|p| p.detail),
         Kind::Kvm => Some(crate::select::probe_kvm().detail),
     }
 }

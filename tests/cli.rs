@@ -187,8 +187,9 @@ fn bench_quick_profile_writes_json() {
     assert!(results[0]["stdoutMibS"]["median"].as_f64().unwrap() > 0.0);
     assert!(results[0]["helperRssKib"].as_u64().unwrap() > 0);
     assert!(
-        results[1]["skipped"].is_string(),
-        "an unavailable backend is skipped with a reason, never a zero"
+        results[1]["skipped"].is_string() || results[1]["spawnExitMs"]["samples"] == 5,
+        "bwrap is measured, or skipped with a reason, never a zero: {}",
+        results[1]
     );
     assert!(results[2]["skipped"].is_string());
     assert!(String::from_utf8_lossy(&out.stdout).contains("spawn→exit"));
