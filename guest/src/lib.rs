@@ -1,3 +1,8 @@
-//! The guest agent (PID 1 in the VM) and the host<->guest wire types.
-//!
-//! Not written yet: the guest-side issue fills this crate.
+//! The guest side of cowork-microvm: the agent that is PID 1 in the VM
+//! ([`init`], [`agent`], [`forward`]) and the host<->guest wire types
+//! ([`wire`]), which the host side imports too.
+
+pub mod agent;
+pub mod forward;
+pub mod init;
+pub mod wire;

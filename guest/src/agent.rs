@@ -1,0 +1,339 @@
+//! The agent: serves the host's requests on one connection. It runs
+//! processes (each in its own process group), streams their output as raw
+//! bytes in order and then their exit, reads files, mounts shares (in the
+//! VM), and answers pings. Everything from the host is untrusted: a frame
+//! that cannot be decoded gets an `Error` reply, a broken stream ends the
+//! connection, and nothing panics.
+
+use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::wire::{self, GuestMsg, HostMsg, PROTOCOL_VERSION};
+
+const CHUNK: usize = 64 * 1024;
+/// Frames queued for the host; producers wait when it is full.
+const OUT_QUEUE: usize = 64;
+const STDIN_QUEUE: usize = 64;
+const MAX_PROCESSES: usize = 1024;
+/// After a process exits, a pipe a grandchild keeps open but silent this
+/// long is abandoned so the exit is not held back.
+const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
+const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Upper bound on `readFile`, whatever the host asks.
+    pub read_file_limit: u64,
+    /// Running as the VM's agent: mounts and per-process cgroups are ours.
+    pub in_vm: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// The host asked for a shutdown.
+    Shutdown,
+    /// The connection ended or broke.
+    Disconnected,
+}
+
+type Out = mpsc::Sender<Vec<u8>>;
+
+async fn send(out: &Out, msg: &GuestMsg, payload: &[u8]) {
+    match wire::encode(msg, payload) {
+        Ok(f) => {
+            let _ = out.send(f).await;
+        }
+        Err(e) => {
+            let _ = wire::encode(&GuestMsg::Error { message: e.to_string() }, &[]).map(|f| out.try_send(f));
+        }
+    }
+}
+
+struct Proc {
+    pgid: Pid,
+    stdin: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+#[derive(Clone, Default)]
+struct Procs(Arc<Mutex<HashMap<String, Proc>>>);
+
+impl Procs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Proc>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kill_all(&self, sig: Signal) {
+        for p in self.lock().values() {
+            let _ = killpg(p.pgid, sig);
+        }
+    }
+}
+
+/// Serves one connection until the host asks for shutdown or goes away.
+pub async fn serve<S>(stream: S, cfg: Config) -> End
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (out, mut rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if wr.write_all(&f).await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let hello = GuestMsg::Hello {
+        version: PROTOCOL_VERSION,
+        agent: format!("cowork-guest {}", env!("CARGO_PKG_VERSION")),
+    };
+    send(&out, &hello, &[]).await;
+    let procs = Procs::default();
+    let end = loop {
+        let body = match wire::read_frame(&mut rd).await {
+            Ok(Some(Ok(b))) => b,
+            Ok(Some(Err(e))) => {
+                // The stream's framing can no longer be trusted.
+                send(&out, &GuestMsg::Error { message: e.to_string() }, &[]).await;
+                break End::Disconnected;
+            }
+            Ok(None) | Err(_) => break End::Disconnected,
+        };
+        let (msg, payload) = match wire::decode::<HostMsg>(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                send(&out, &GuestMsg::Error { message: e.to_string() }, &[]).await;
+                continue;
+            }
+        };
+        if handle(msg, payload, &out, &procs, &cfg).await {
+            break End::Shutdown;
+        }
+    };
+    // Nobody is left to report to: end every process.
+    procs.kill_all(Signal::SIGKILL);
+    drop(out);
+    let _ = writer.await;
+    end
+}
+
+/// Handles one message; true when it was `Shutdown`.
+async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Config) -> bool {
+    match msg {
+        HostMsg::Spawn { id, command, args, env, cwd } => {
+            let msg = match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
+                Ok(()) => GuestMsg::Spawned { id },
+                Err(error) => GuestMsg::SpawnFailed { id, error },
+            };
+            send(out, &msg, &[]).await;
+        }
+        HostMsg::Stdin { id } => {
+            let tx = procs.lock().get(&id).and_then(|p| p.stdin.clone());
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(payload.to_vec()).await;
+                }
+                None => send(out, &GuestMsg::Error { message: format!("stdin of {id:?}: no such running process") }, &[]).await,
+            }
+        }
+        HostMsg::CloseStdin { id } => {
+            if let Some(p) = procs.lock().get_mut(&id) {
+                p.stdin = None;
+            }
+        }
+        HostMsg::Kill { id, signal } => {
+            let pgid = procs.lock().get(&id).map(|p| p.pgid);
+            let result = match (pgid, Signal::try_from(signal)) {
+                (Some(pg), Ok(sig)) => killpg(pg, sig).map_err(|e| e.to_string()),
+                (None, _) => Err(format!("no running process {id:?}")),
+                (_, Err(_)) => Err(format!("bad signal {signal}")),
+            };
+            if let Err(message) = result {
+                send(out, &GuestMsg::Error { message }, &[]).await;
+            }
+        }
+        HostMsg::ReadFile { req, path, limit } => {
+            let limit = limit.min(cfg.read_file_limit);
+            let res = tokio::task::spawn_blocking(move || read_limited(Path::new(&path), limit))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            match res {
+                Ok(content) => send(out, &GuestMsg::File { req }, &content).await,
+                Err(error) => send(out, &GuestMsg::Failed { req, error }, &[]).await,
+            }
+        }
+        HostMsg::Mount { req, tag, path, read_only } => {
+            let res = if cfg.in_vm {
+                crate::init::mount_share(&tag, Path::new(&path), read_only)
+            } else {
+                Err("mounting shares needs the agent to run in the VM".into())
+            };
+            reply(out, req, res).await;
+        }
+        HostMsg::Unmount { req, path } => {
+            let res = if cfg.in_vm {
+                nix::mount::umount(Path::new(&path)).map_err(|e| format!("umount {path}: {e}"))
+            } else {
+                Err("unmounting shares needs the agent to run in the VM".into())
+            };
+            reply(out, req, res).await;
+        }
+        HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
+        HostMsg::Shutdown => return true,
+    }
+    false
+}
+
+async fn reply(out: &Out, req: u64, res: Result<(), String>) {
+    let msg = match res {
+        Ok(()) => GuestMsg::Done { req },
+        Err(error) => GuestMsg::Failed { req, error },
+    };
+    send(out, &msg, &[]).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn(
+    id: &str,
+    command: &str,
+    args: &[String],
+    env: Vec<(String, String)>,
+    cwd: Option<&str>,
+    out: &Out,
+    procs: &Procs,
+    cfg: &Config,
+) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 {
+        return Err("process id must be 1-256 characters".into());
+    }
+    let mut table = procs.lock();
+    if table.contains_key(id) {
+        return Err(format!("a process with id {id:?} is already running"));
+    }
+    if table.len() >= MAX_PROCESSES {
+        return Err(format!("at most {MAX_PROCESSES} processes may run at once"));
+    }
+    let mut cmd = tokio::process::Command::new(command);
+    cmd.args(args)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {command}: {e}"))?;
+    let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
+    let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
+    let stdin = child.stdin.take().map(|mut w| {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if w.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    table.insert(id.to_string(), Proc { pgid: Pid::from_raw(pid), stdin });
+    drop(table);
+    tokio::spawn(supervise(id.to_string(), child, cgroup, out.clone(), procs.clone()));
+    Ok(())
+}
+
+/// A cgroup of its own, so the exit can report the OOM kills it suffered.
+fn cgroup_for(id: &str, pid: i32) -> Option<PathBuf> {
+    let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let dir = Path::new(CGROUP_ROOT).join(format!("{name}-{pid}"));
+    std::fs::create_dir_all(&dir).ok()?;
+    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
+    Some(dir)
+}
+
+fn oom_kills(cgroup: &Path) -> Option<u64> {
+    let events = std::fs::read_to_string(cgroup.join("memory.events")).ok()?;
+    events
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+async fn pump(pipe: Option<impl AsyncRead + Unpin>, id: &str, stderr: bool, out: &Out, seen: &std::sync::atomic::AtomicU64) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        seen.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let id = id.to_string();
+        let msg = if stderr { GuestMsg::Stderr { id } } else { GuestMsg::Stdout { id } };
+        send(out, &msg, &buf[..n]).await;
+    }
+}
+
+async fn supervise(id: String, mut child: tokio::process::Child, cgroup: Option<PathBuf>, out: Out, procs: Procs) {
+    let seen = std::sync::atomic::AtomicU64::new(0);
+    let (so, se) = (child.stdout.take(), child.stderr.take());
+    let readers = async { tokio::join!(pump(so, &id, false, &out, &seen), pump(se, &id, true, &out, &seen)) };
+    tokio::pin!(readers);
+    let mut done = false;
+    let status = tokio::select! {
+        _ = &mut readers => { done = true; child.wait().await }
+        st = child.wait() => st,
+    };
+    while !done {
+        let before = seen.load(std::sync::atomic::Ordering::Relaxed);
+        done = tokio::time::timeout(IDLE_AFTER_EXIT, &mut readers).await.is_ok()
+            || seen.load(std::sync::atomic::Ordering::Relaxed) == before;
+    }
+    let (code, signal) = match status {
+        Ok(st) => (st.code(), st.signal()),
+        Err(_) => (None, None),
+    };
+    let oom_kill_count = cgroup.as_deref().and_then(oom_kills);
+    if let Some(dir) = &cgroup {
+        let _ = std::fs::remove_dir(dir);
+    }
+    procs.lock().remove(&id);
+    let id = id.clone();
+    send(&out, &GuestMsg::Exit { id, code, signal, oom_kill_count }, &[]).await;
+}
+
+fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+    let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    if meta.len() > limit {
+        return Err(format!("{shown} is {} bytes, over the {limit}-byte limit", meta.len()));
+    }
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if buf.len() as u64 > limit {
+        return Err(format!("{shown} grew past the {limit}-byte limit"));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,123 @@
+//! PID 1 duties in the VM: the filesystems every program expects, the
+//! hostname and loopback, the session disk, reaping orphans, and ending the
+//! VM by rebooting (with no ACPI the guest cannot power off; the VMM treats
+//! the reboot as the end).
+
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+pub const HOSTNAME: &str = "cowork";
+/// The session disk (second virtio-blk device), ext4 made by the host.
+pub const SESSION_DISK: &str = "/dev/vdb";
+pub const SESSION_ROOT: &str = "/sessions";
+
+fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    match mount(Some(src), target, Some(fstype), flags, data) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
+        Err(e) => Err(format!("mount {fstype} on {target}: {e}")),
+    }
+}
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2,
+/// sets the hostname, brings up `lo` and mounts the session disk. Problems
+/// are returned, not fatal: a guest missing one still serves.
+pub fn early_init() -> Vec<String> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let steps: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", "proc", nosuid | MsFlags::MS_NOEXEC, None),
+        ("sysfs", "/sys", "sysfs", nosuid | MsFlags::MS_NOEXEC, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620")),
+        ("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755")),
+        ("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | MsFlags::MS_NOEXEC, None),
+    ];
+    let mut problems: Vec<String> = steps
+        .iter()
+        .filter_map(|(src, dst, fs, fl, data)| mount_fs(src, dst, fs, *fl, *data).err())
+        .collect();
+    // Let per-process cgroups use the memory controller.
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
+        problems.push(format!("sethostname: {e}"));
+    }
+    if let Err(e) = loopback_up() {
+        problems.push(format!("lo: {e}"));
+    }
+    if Path::new(SESSION_DISK).exists() {
+        if let Err(e) = mount_fs(SESSION_DISK, SESSION_ROOT, "ext4", nosuid, None) {
+            problems.push(e);
+        }
+    } else {
+        let _ = std::fs::create_dir_all(SESSION_ROOT);
+    }
+    problems
+}
+
+/// Mounts a virtio-fs share by its tag.
+pub fn mount_share(tag: &str, path: &Path, read_only: bool) -> Result<(), String> {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+    mount(Some(tag), path, Some("virtiofs"), flags, None::<&str>)
+        .map_err(|e| format!("mount share {tag} on {}: {e}", path.display()))
+}
+
+fn loopback_up() -> Result<(), String> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(|e| format!("socket: {e}"))?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value for it.
+    let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as nix::libc::c_char;
+    }
+    // SAFETY: the fd is a live socket and `req` a valid ifreq that the
+    // kernel fills in (SIOCGIFFLAGS) or reads (SIOCSIFFLAGS).
+    unsafe {
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(format!("SIOCGIFFLAGS: {}", std::io::Error::last_os_error()));
+        }
+        req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as nix::libc::c_short;
+        if nix::libc::ioctl(sock.as_raw_fd(), nix::libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(format!("SIOCSIFFLAGS: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Reaps every child until `agent` exits; returns its exit code. Orphans of
+/// the sessions are re-parented to PID 1 and end here too.
+pub fn reap_until(agent: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(p, code)) if p == agent => return code,
+            Ok(WaitStatus::Signaled(p, sig, _)) if p == agent => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// Syncs, unmounts what it can, and reboots: the VMM sees the VM end.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    for target in ["/sessions", "/tmp", "/run"] {
+        let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
+    }
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // reboot(2) does not return on success; if it failed there is nothing
+    // left to do but stop.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

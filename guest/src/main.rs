@@ -1,0 +1,118 @@
+//! `cowork-guest`: the agent. As PID 1 in the VM it sets the machine up,
+//! runs itself as the agent in a child process, reaps orphans and reboots
+//! when the agent is done. Run by hand (`--unix PATH`) it serves a host on
+//! a Unix socket, which is how its behaviour is tested without a VM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cowork_guest::agent::{self, Config, End};
+use cowork_guest::forward::{forward, Channel, HostEnd};
+use cowork_guest::{init, wire};
+
+const USAGE: &str = "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES]";
+/// readFile's ceiling: its reply must fit one host protocol frame.
+const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+
+struct Args {
+    host: HostEnd,
+    egress: HostEnd,
+    read_file_limit: u64,
+    agent_child: bool,
+}
+
+fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args {
+        host: HostEnd::Vsock { cid: 2, port: wire::AGENT_PORT },
+        egress: HostEnd::Vsock { cid: 2, port: wire::EGRESS_PORT },
+        read_file_limit: READ_FILE_LIMIT,
+        agent_child: false,
+    };
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "--unix" => a.host = HostEnd::Unix(PathBuf::from(value()?)),
+            "--egress-unix" => a.egress = HostEnd::Unix(PathBuf::from(value()?)),
+            "--read-file-limit" => {
+                a.read_file_limit = value()?.parse().map_err(|_| format!("--read-file-limit takes bytes\n{USAGE}"))?
+            }
+            "--agent" => a.agent_child = true,
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Connects to the host with back-off (100 ms doubling to 2 s) and serves
+/// it; reconnects after a drop until the host asks for shutdown.
+async fn run_agent(args: Args, in_vm: bool) {
+    let cfg = Config { read_file_limit: args.read_file_limit, in_vm };
+    if in_vm {
+        let egress = args.egress.clone();
+        tokio::spawn(async move {
+            if let Err(e) = forward(wire::EGRESS_LISTEN, egress).await {
+                eprintln!("cowork-guest: egress forwarder: {e}");
+            }
+        });
+    }
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match args.host.connect().await {
+            Ok(ch) => {
+                delay = Duration::from_millis(100);
+                let end = match ch {
+                    Channel::Vsock(s) => agent::serve(s, cfg.clone()).await,
+                    Channel::Unix(s) => agent::serve(s, cfg.clone()).await,
+                };
+                if end == End::Shutdown || !in_vm {
+                    return;
+                }
+            }
+            Err(e) if !in_vm => {
+                eprintln!("cowork-guest: cannot reach the host at {:?}: {e}", args.host);
+                std::process::exit(2);
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+fn main() {
+    let args = match parse(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("cowork-guest: {e}");
+            std::process::exit(2);
+        }
+    };
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        for p in init::early_init() {
+            eprintln!("cowork-guest: {p}");
+        }
+        // The agent runs as a child so that PID 1 is free to reap every
+        // orphan without stealing the agent's own children's statuses.
+        let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/sbin/init"));
+        match std::process::Command::new(me).arg("--agent").spawn() {
+            Ok(child) => {
+                println!("cowork-guest: ready (agent pid {})", child.id());
+                let code = init::reap_until(nix::unistd::Pid::from_raw(child.id() as i32));
+                println!("cowork-guest: agent ended ({code}); rebooting");
+            }
+            Err(e) => eprintln!("cowork-guest: cannot start the agent: {e}"),
+        }
+        init::power_off();
+    }
+    let in_vm = args.agent_child;
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cowork-guest: {e}");
+            std::process::exit(1);
+        }
+    };
+    rt.block_on(run_agent(args, in_vm));
+}

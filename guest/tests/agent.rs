@@ -1,0 +1,223 @@
+//! The agent as an ordinary process serving a host over a Unix socket:
+//! everything but the VM-only parts (mounts, cgroups), end to end.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use cowork_guest::wire::{self, GuestMsg, HostMsg};
+
+struct Agent {
+    child: Child,
+    s: UnixStream,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start() -> Agent {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("host.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cowork-guest")).arg("--unix").arg(&path).spawn().unwrap();
+        let (s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut a = Agent { child, s, _tmp: tmp };
+        match a.recv().0 {
+            GuestMsg::Hello { version, agent } => {
+                assert_eq!(version, wire::PROTOCOL_VERSION);
+                assert!(agent.starts_with("cowork-guest"));
+            }
+            other => panic!("expected hello, got {other:?}"),
+        }
+        a
+    }
+
+    fn send(&mut self, m: &HostMsg, payload: &[u8]) {
+        self.s.write_all(&wire::encode(m, payload).unwrap()).unwrap();
+    }
+
+    fn recv(&mut self) -> (GuestMsg, Vec<u8>) {
+        self.try_recv().expect("agent closed the connection")
+    }
+
+    fn try_recv(&mut self) -> Option<(GuestMsg, Vec<u8>)> {
+        let mut len = [0u8; 4];
+        self.s.read_exact(&mut len).ok()?;
+        let n = wire::check_len(u32::from_be_bytes(len)).unwrap();
+        let mut body = vec![0u8; n];
+        self.s.read_exact(&mut body).unwrap();
+        let (m, p): (GuestMsg, &[u8]) = wire::decode(&body).unwrap();
+        Some((m, p.to_vec()))
+    }
+
+    fn spawn(&mut self, id: &str, cmd: &str, args: &[&str]) {
+        self.send(
+            &HostMsg::Spawn {
+                id: id.into(),
+                command: cmd.into(),
+                args: args.iter().map(|s| s.to_string()).collect(),
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: None,
+            },
+            &[],
+        );
+    }
+
+    /// stdout, stderr and (code, signal) of `id`, checking nothing of it
+    /// comes after its exit.
+    fn collect(&mut self, id: &str) -> (Vec<u8>, Vec<u8>, Option<i32>, Option<i32>) {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            match self.recv() {
+                (GuestMsg::Stdout { id: i }, p) if i == id => out.extend(p),
+                (GuestMsg::Stderr { id: i }, p) if i == id => err.extend(p),
+                (GuestMsg::Exit { id: i, code, signal, .. }, _) if i == id => return (out, err, code, signal),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn spawn_output_exit_and_stdin() {
+    let mut a = Agent::start();
+    a.spawn("p", "/bin/sh", &["-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(a.recv().0, GuestMsg::Spawned { id: "p".into() });
+    assert_eq!(a.collect("p"), (b"out\n".to_vec(), b"err\n".to_vec(), Some(7), None));
+
+    a.spawn("c", "/bin/cat", &[]);
+    a.send(&HostMsg::Stdin { id: "c".into() }, b"binary \x00\xff ok");
+    a.send(&HostMsg::CloseStdin { id: "c".into() }, &[]);
+    let (out, _, code, _) = a.collect("c");
+    assert_eq!((out.as_slice(), code), (&b"binary \x00\xff ok"[..], Some(0)));
+
+    a.spawn("s", "/bin/sleep", &["30"]);
+    a.send(&HostMsg::Kill { id: "s".into(), signal: 15 }, &[]);
+    assert_eq!(a.collect("s").3, Some(15));
+
+    a.spawn("x", "/no/such/binary", &[]);
+    assert!(matches!(a.recv().0, GuestMsg::SpawnFailed { .. }));
+    a.send(&HostMsg::Ping { req: 9 }, &[]);
+    assert_eq!(a.recv().0, GuestMsg::Pong { req: 9 });
+}
+
+#[test]
+fn output_order_and_sixty_four_mib() {
+    let mut a = Agent::start();
+    a.spawn("o", "/bin/sh", &["-c", "i=0; while [ $i -lt 3000 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done"]);
+    let (out, err, code, _) = a.collect("o");
+    let want = |p: &str| (0..3000).map(|i| format!("{p}{i}\n")).collect::<String>().into_bytes();
+    assert!(out == want("o") && err == want("e") && code == Some(0));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("big");
+    let content: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(&file, &content).unwrap();
+    a.spawn("big", "/bin/cat", &[file.to_str().unwrap()]);
+    let (out, _, code, _) = a.collect("big");
+    assert_eq!(out.len(), content.len());
+    assert!(out == content, "bytes differ");
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn twenty_concurrent_processes() {
+    let mut a = Agent::start();
+    for i in 0..20 {
+        a.spawn(&format!("p{i}"), "/bin/sh", &["-c", &format!("i=0; while [ $i -lt 500 ]; do echo {i}-$i; i=$((i+1)); done")]);
+    }
+    let mut outs = vec![Vec::new(); 20];
+    let mut exited = 0;
+    while exited < 20 {
+        match a.recv() {
+            (GuestMsg::Stdout { id }, p) => outs[id[1..].parse::<usize>().unwrap()].extend(p),
+            (GuestMsg::Exit { code, .. }, _) => {
+                assert_eq!(code, Some(0));
+                exited += 1;
+            }
+            _ => {}
+        }
+    }
+    for (i, o) in outs.iter().enumerate() {
+        let want: String = (0..500).map(|n| format!("{i}-{n}\n")).collect();
+        assert!(o == want.as_bytes(), "process {i}");
+    }
+}
+
+#[test]
+fn read_file_is_limited() {
+    let mut a = Agent::start();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("small"), "hello").unwrap();
+    std::fs::write(tmp.path().join("big"), vec![0u8; 5000]).unwrap();
+    nix::unistd::mkfifo(&tmp.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let read = |a: &mut Agent, name: &str, limit: u64| {
+        a.send(&HostMsg::ReadFile { req: 1, path: tmp.path().join(name).to_string_lossy().into(), limit }, &[]);
+        a.recv()
+    };
+    assert_eq!(read(&mut a, "small", 100), (GuestMsg::File { req: 1 }, b"hello".to_vec()));
+    for (name, limit, needle) in [("big", 4096, "limit"), ("fifo", 100, "not a regular file"), ("missing", 100, "cannot open")] {
+        match read(&mut a, name, limit).0 {
+            GuestMsg::Failed { error, .. } => assert!(error.contains(needle), "{name}: {error}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn malformed_frames_get_errors_and_no_panic() {
+    let mut a = Agent::start();
+    let bad_bodies: Vec<Vec<u8>> = vec![
+        vec![0, 0, 0, 2, b'{', b'}'],               // no type
+        vec![0, 0, 0, 5, b'n', b'o', b'p', b'e', b'!'], // not JSON
+        vec![0, 0, 0, 99, b'{'],                    // header longer than the frame
+        br#"{"type":"spawn"}"#.to_vec(),            // header length missing (reads as huge)
+        [&[0u8, 0, 0, 30][..], br#"{"type":"kill","id":"x","signal":"TERM"}"#].concat(),
+        [&[0u8, 0, 0, 16][..], br#"{"type":"reboot"}"#].concat(),
+    ];
+    for body in bad_bodies {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend(body);
+        a.s.write_all(&f).unwrap();
+        assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
+    }
+    a.send(&HostMsg::Kill { id: "ghost".into(), signal: 9 }, &[]);
+    assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
+    a.send(&HostMsg::Kill { id: "ghost".into(), signal: 9999 }, &[]);
+    assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
+    a.send(&HostMsg::Mount { req: 3, tag: "t".into(), path: "/tmp/x".into(), read_only: true }, &[]);
+    assert!(matches!(a.recv().0, GuestMsg::Failed { req: 3, .. }));
+    a.spawn("d", "/bin/sleep", &["5"]);
+    a.recv();
+    a.spawn("d", "/bin/sleep", &["5"]);
+    assert!(matches!(a.recv().0, GuestMsg::SpawnFailed { .. }), "duplicate id");
+    a.send(&HostMsg::Ping { req: 1 }, &[]);
+    assert_eq!(a.recv().0, GuestMsg::Pong { req: 1 }, "still serving");
+    // An oversized length breaks the framing: an error, then the end.
+    a.s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
+    let status = a.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "the agent ended cleanly, no panic");
+    // What is left: the exits of the processes that were ended, then EOF.
+    while let Some((m, _)) = a.try_recv() {
+        assert!(matches!(m, GuestMsg::Exit { ref id, signal: Some(9), .. } if id == "d"), "{m:?}");
+    }
+}
+
+#[test]
+fn shutdown_ends_processes_and_the_agent() {
+    let mut a = Agent::start();
+    a.spawn("long", "/bin/sleep", &["100"]);
+    a.recv();
+    a.send(&HostMsg::Shutdown, &[]);
+    assert_eq!(a.child.wait().unwrap().code(), Some(0));
+}
