@@ -3,8 +3,14 @@ CARGO ?= cargo
 # What `make run` runs in a session: make run CMD='ls -la'
 CMD ?= sh -c 'echo "hello from $$PWD as $$(id -un)"; ls'
 PREFIX ?= /usr/local
+PROFILE ?= minimal
+# Where `make image` puts the kernel, rootfs and manifest (empty: the default,
+# $COWORK_VM_IMAGE_DIR or ~/.local/share/cowork-microvm/images).
+IMAGE_DIR ?=
+# The guest agent, statically linked (glibc crt-static; no musl toolchain needed).
+AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
-.PHONY: help build release run test lint fmt bench install
+.PHONY: help build release agent image repro run test lint fmt bench install
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -14,6 +20,15 @@ build: ## debug build of every crate
 
 release: ## optimized helper binary at target/release/cowork-microvm
 	$(CARGO) build --release
+
+agent: ## the static guest agent ($(AGENT))
+	$(CARGO) rustc --release -p cowork-guest --bin cowork-guest --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static
+
+image: release agent ## guest kernel + PROFILE rootfs + manifest (kernel cached by input hash)
+	./target/release/cowork-microvm image build --profile $(PROFILE) --agent $(AGENT) $(if $(IMAGE_DIR),--out $(IMAGE_DIR))
+
+repro: release agent ## build kernel and rootfs twice from scratch and compare hashes
+	rootfs/repro.sh ./target/release/cowork-microvm $(AGENT)
 
 run: release ## run CMD in a session on the auto-selected backend
 	./target/release/cowork-microvm run -- $(CMD)
@@ -31,5 +46,6 @@ fmt: ## format the code
 bench: release ## spawn latency, output throughput and memory, per backend
 	./target/release/cowork-microvm bench --backend host,bwrap,kvm --json target/bench.json
 
-install: release ## install the helper to $(PREFIX)/bin
+install: release agent ## install the helper and the guest agent to $(PREFIX)/bin
 	install -D -m 0755 target/release/cowork-microvm $(DESTDIR)$(PREFIX)/bin/cowork-microvm
+	install -D -m 0755 $(AGENT) $(DESTDIR)$(PREFIX)/bin/cowork-guest

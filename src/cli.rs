@@ -39,6 +39,9 @@ pub enum Command {
     },
     /// Measure spawn latency, output throughput and memory.
     Bench(BenchArgs),
+    /// Build or verify the guest kernel and rootfs images.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// pid 1 inside a bwrap sandbox (internal).
     #[command(hide = true)]
     SandboxInit {
@@ -73,6 +76,33 @@ pub struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Build the kernel and a rootfs (reproducibly; cached by input hash).
+    Build {
+        /// minimal (agent and busybox; what tests boot) or standard (Debian
+        /// bookworm with the tools a coding agent expects; needs root).
+        #[arg(long, default_value = "minimal")]
+        profile: String,
+        /// Output directory [default: $COWORK_VM_IMAGE_DIR or
+        /// $XDG_DATA_HOME/cowork-microvm/images].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The statically linked guest agent [default: cowork-guest beside
+        /// this binary, or as `make image` builds it].
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Only the rootfs (no kernel build).
+        #[arg(long)]
+        no_kernel: bool,
+    },
+    /// Check every artifact against its manifest.
+    Verify {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Debug)]

@@ -13,6 +13,7 @@ pub const BACKEND_ENV: &str = "COWORK_MICROVM_BACKEND";
 /// The community daemon's override, honoured the same way.
 pub const COMMUNITY_BACKEND_ENV: &str = "COWORK_VM_BACKEND";
 pub const DATA_DIR_ENV: &str = "COWORK_VM_DATA_DIR";
+pub const IMAGE_DIR_ENV: &str = "COWORK_VM_IMAGE_DIR";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -48,6 +49,25 @@ pub fn home_dir() -> PathBuf {
                 .map(|u| u.dir)
         })
         .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Where guest images live: COWORK_VM_IMAGE_DIR, else
+/// `$XDG_DATA_HOME/cowork-microvm/images`.
+pub fn image_dir(home: &Path) -> PathBuf {
+    env_path(IMAGE_DIR_ENV).unwrap_or_else(|| {
+        env_path("XDG_DATA_HOME")
+            .unwrap_or_else(|| home.join(".local/share"))
+            .join("cowork-microvm/images")
+    })
+}
+
+/// Where expensive builds (the guest kernel) are cached.
+pub fn cache_dir(home: &Path) -> PathBuf {
+    env_path("COWORK_VM_CACHE_DIR").unwrap_or_else(|| {
+        env_path("XDG_CACHE_HOME")
+            .unwrap_or_else(|| home.join(".cache"))
+            .join("cowork-microvm")
+    })
 }
 
 /// The socket a direct run uses without `-socket`.

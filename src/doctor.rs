@@ -50,7 +50,17 @@ pub fn main(json: bool) -> i32 {
         probes: sel.probes.clone(),
         notes: sel.notes.clone(),
         kvm_pvm: kvm_is_pvm(),
-        guest_image: "no guest image builder in this version yet".into(),
+        guest_image: {
+            let dir = crate::config::image_dir(&settings.home);
+            match cowork_rootfs::manifest::verify_dir(&dir) {
+                Ok(m) => format!(
+                    "{} profile in {}: every artifact matches its manifest",
+                    m.profile,
+                    dir.display()
+                ),
+                Err(e) => e.to_string(),
+            }
+        },
         socket_dir: SocketDir {
             problems: dir_problems(&sock_dir),
             path: sock_dir,

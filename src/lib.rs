@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+pub mod image;
 pub mod logging;
 pub mod protocol;
 pub mod run;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cowork_microvm::cli::{normalize_args, Cli, Command};
 use cowork_microvm::config::{default_socket, Settings};
-use cowork_microvm::{app, bench, doctor, logging, run, server};
+use cowork_microvm::{app, bench, doctor, image, logging, run, server};
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::main(args),
         Command::Doctor { json } => Ok(doctor::main(json)),
         Command::Bench(args) => bench::main(args),
+        Command::Image(cmd) => image::main(cmd),
         Command::SandboxInit {
             proxy,
             listen,

@@ -110,6 +110,17 @@ pub fn probe_kvm() -> Probe {
             ", but it is PVM-backed (kvm_pvm): a standard guest kernel cannot boot on it",
         );
     }
+    let images = crate::config::image_dir(&crate::config::home_dir());
+    // Presence only: hashing the artifacts is doctor's job and the kvm
+    // backend's at start, not every helper start-up's.
+    match cowork_rootfs::manifest::Manifest::load(&images) {
+        Ok(m) => detail.push_str(&format!(
+            "; guest image ({} profile) in {}",
+            m.profile,
+            images.display()
+        )),
+        Err(e) => detail.push_str(&format!("; guest image: {e}")),
+    }
     detail.push_str("; the kvm backend (in-process microVM) is not built into this version yet");
     Probe {
         backend: Kind::Kvm,

@@ -53,7 +53,13 @@ async fn send(out: &Out, msg: &GuestMsg, payload: &[u8]) {
             let _ = out.send(f).await;
         }
         Err(e) => {
-            let _ = wire::encode(&GuestMsg::Error { message: e.to_string() }, &[]).map(|f| out.try_send(f));
+            let _ = wire::encode(
+                &GuestMsg::Error {
+                    message: e.to_string(),
+                },
+                &[],
+            )
+            .map(|f| out.try_send(f));
         }
     }
 }
@@ -104,7 +110,14 @@ where
             Ok(Some(Ok(b))) => b,
             Ok(Some(Err(e))) => {
                 // The stream's framing can no longer be trusted.
-                send(&out, &GuestMsg::Error { message: e.to_string() }, &[]).await;
+                send(
+                    &out,
+                    &GuestMsg::Error {
+                        message: e.to_string(),
+                    },
+                    &[],
+                )
+                .await;
                 break End::Disconnected;
             }
             Ok(None) | Err(_) => break End::Disconnected,
@@ -112,7 +125,14 @@ where
         let (msg, payload) = match wire::decode::<HostMsg>(&body) {
             Ok(m) => m,
             Err(e) => {
-                send(&out, &GuestMsg::Error { message: e.to_string() }, &[]).await;
+                send(
+                    &out,
+                    &GuestMsg::Error {
+                        message: e.to_string(),
+                    },
+                    &[],
+                )
+                .await;
                 continue;
             }
         };
@@ -130,7 +150,13 @@ where
 /// Handles one message; true when it was `Shutdown`.
 async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Config) -> bool {
     match msg {
-        HostMsg::Spawn { id, command, args, env, cwd } => {
+        HostMsg::Spawn {
+            id,
+            command,
+            args,
+            env,
+            cwd,
+        } => {
             let msg = match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
                 Ok(()) => GuestMsg::Spawned { id },
                 Err(error) => GuestMsg::SpawnFailed { id, error },
@@ -143,7 +169,16 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 Some(tx) => {
                     let _ = tx.send(payload.to_vec()).await;
                 }
-                None => send(out, &GuestMsg::Error { message: format!("stdin of {id:?}: no such running process") }, &[]).await,
+                None => {
+                    send(
+                        out,
+                        &GuestMsg::Error {
+                            message: format!("stdin of {id:?}: no such running process"),
+                        },
+                        &[],
+                    )
+                    .await
+                }
             }
         }
         HostMsg::CloseStdin { id } => {
@@ -172,7 +207,12 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 Err(error) => send(out, &GuestMsg::Failed { req, error }, &[]).await,
             }
         }
-        HostMsg::Mount { req, tag, path, read_only } => {
+        HostMsg::Mount {
+            req,
+            tag,
+            path,
+            read_only,
+        } => {
             let res = if cfg.in_vm {
                 crate::init::mount_share(&tag, Path::new(&path), read_only)
             } else {
@@ -234,7 +274,9 @@ fn spawn(
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {command}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start {command}: {e}"))?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
     let stdin = child.stdin.take().map(|mut w| {
@@ -248,15 +290,30 @@ fn spawn(
         });
         tx
     });
-    table.insert(id.to_string(), Proc { pgid: Pid::from_raw(pid), stdin });
+    table.insert(
+        id.to_string(),
+        Proc {
+            pgid: Pid::from_raw(pid),
+            stdin,
+        },
+    );
     drop(table);
-    tokio::spawn(supervise(id.to_string(), child, cgroup, out.clone(), procs.clone()));
+    tokio::spawn(supervise(
+        id.to_string(),
+        child,
+        cgroup,
+        out.clone(),
+        procs.clone(),
+    ));
     Ok(())
 }
 
 /// A cgroup of its own, so the exit can report the OOM kills it suffered.
 fn cgroup_for(id: &str, pid: i32) -> Option<PathBuf> {
-    let name: String = id.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let name: String = id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let dir = Path::new(CGROUP_ROOT).join(format!("{name}-{pid}"));
     std::fs::create_dir_all(&dir).ok()?;
     std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
@@ -271,7 +328,13 @@ fn oom_kills(cgroup: &Path) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-async fn pump(pipe: Option<impl AsyncRead + Unpin>, id: &str, stderr: bool, out: &Out, seen: &std::sync::atomic::AtomicU64) {
+async fn pump(
+    pipe: Option<impl AsyncRead + Unpin>,
+    id: &str,
+    stderr: bool,
+    out: &Out,
+    seen: &std::sync::atomic::AtomicU64,
+) {
     let Some(mut pipe) = pipe else { return };
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -281,15 +344,30 @@ async fn pump(pipe: Option<impl AsyncRead + Unpin>, id: &str, stderr: bool, out:
         };
         seen.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         let id = id.to_string();
-        let msg = if stderr { GuestMsg::Stderr { id } } else { GuestMsg::Stdout { id } };
+        let msg = if stderr {
+            GuestMsg::Stderr { id }
+        } else {
+            GuestMsg::Stdout { id }
+        };
         send(out, &msg, &buf[..n]).await;
     }
 }
 
-async fn supervise(id: String, mut child: tokio::process::Child, cgroup: Option<PathBuf>, out: Out, procs: Procs) {
+async fn supervise(
+    id: String,
+    mut child: tokio::process::Child,
+    cgroup: Option<PathBuf>,
+    out: Out,
+    procs: Procs,
+) {
     let seen = std::sync::atomic::AtomicU64::new(0);
     let (so, se) = (child.stdout.take(), child.stderr.take());
-    let readers = async { tokio::join!(pump(so, &id, false, &out, &seen), pump(se, &id, true, &out, &seen)) };
+    let readers = async {
+        tokio::join!(
+            pump(so, &id, false, &out, &seen),
+            pump(se, &id, true, &out, &seen)
+        )
+    };
     tokio::pin!(readers);
     let mut done = false;
     let status = tokio::select! {
@@ -298,7 +376,9 @@ async fn supervise(id: String, mut child: tokio::process::Child, cgroup: Option<
     };
     while !done {
         let before = seen.load(std::sync::atomic::Ordering::Relaxed);
-        done = tokio::time::timeout(IDLE_AFTER_EXIT, &mut readers).await.is_ok()
+        done = tokio::time::timeout(IDLE_AFTER_EXIT, &mut readers)
+            .await
+            .is_ok()
             || seen.load(std::sync::atomic::Ordering::Relaxed) == before;
     }
     let (code, signal) = match status {
@@ -311,7 +391,17 @@ async fn supervise(id: String, mut child: tokio::process::Child, cgroup: Option<
     }
     procs.lock().remove(&id);
     let id = id.clone();
-    send(&out, &GuestMsg::Exit { id, code, signal, oom_kill_count }, &[]).await;
+    send(
+        &out,
+        &GuestMsg::Exit {
+            id,
+            code,
+            signal,
+            oom_kill_count,
+        },
+        &[],
+    )
+    .await;
 }
 
 fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
@@ -328,10 +418,15 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
         return Err(format!("{shown} is not a regular file"));
     }
     if meta.len() > limit {
-        return Err(format!("{shown} is {} bytes, over the {limit}-byte limit", meta.len()));
+        return Err(format!(
+            "{shown} is {} bytes, over the {limit}-byte limit",
+            meta.len()
+        ));
     }
     let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.take(limit + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
     if buf.len() as u64 > limit {
         return Err(format!("{shown} grew past the {limit}-byte limit"));
     }

@@ -24,7 +24,9 @@ pub enum Channel {
 impl HostEnd {
     pub async fn connect(&self) -> std::io::Result<Channel> {
         match self {
-            HostEnd::Vsock { cid, port } => VsockStream::connect(VsockAddr::new(*cid, *port)).await.map(Channel::Vsock),
+            HostEnd::Vsock { cid, port } => VsockStream::connect(VsockAddr::new(*cid, *port))
+                .await
+                .map(Channel::Vsock),
             HostEnd::Unix(p) => tokio::net::UnixStream::connect(p).await.map(Channel::Unix),
         }
     }

@@ -12,7 +12,13 @@ pub const HOSTNAME: &str = "cowork";
 pub const SESSION_DISK: &str = "/dev/vdb";
 pub const SESSION_ROOT: &str = "/sessions";
 
-fn mount_fs(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
     std::fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
     match mount(Some(src), target, Some(fstype), flags, data) {
         Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()),
@@ -28,12 +34,30 @@ pub fn early_init() -> Vec<String> {
     let steps: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", nosuid | MsFlags::MS_NOEXEC, None),
         ("sysfs", "/sys", "sysfs", nosuid | MsFlags::MS_NOEXEC, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("ptmxmode=0666,mode=0620")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("ptmxmode=0666,mode=0620"),
+        ),
         ("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777")),
         ("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755")),
         ("tmpfs", "/tmp", "tmpfs", nosuid, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid | MsFlags::MS_NOEXEC, None),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid | MsFlags::MS_NOEXEC,
+            None,
+        ),
     ];
     let mut problems: Vec<String> = steps
         .iter()
@@ -71,8 +95,13 @@ pub fn mount_share(tag: &str, path: &Path, read_only: bool) -> Result<(), String
 fn loopback_up() -> Result<(), String> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| format!("socket: {e}"))?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value for it.
     let mut req: nix::libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {

@@ -10,7 +10,8 @@ use cowork_guest::agent::{self, Config, End};
 use cowork_guest::forward::{forward, Channel, HostEnd};
 use cowork_guest::{init, wire};
 
-const USAGE: &str = "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES]";
+const USAGE: &str =
+    "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES]";
 /// readFile's ceiling: its reply must fit one host protocol frame.
 const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
 
@@ -23,18 +24,29 @@ struct Args {
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
-        host: HostEnd::Vsock { cid: 2, port: wire::AGENT_PORT },
-        egress: HostEnd::Vsock { cid: 2, port: wire::EGRESS_PORT },
+        host: HostEnd::Vsock {
+            cid: 2,
+            port: wire::AGENT_PORT,
+        },
+        egress: HostEnd::Vsock {
+            cid: 2,
+            port: wire::EGRESS_PORT,
+        },
         read_file_limit: READ_FILE_LIMIT,
         agent_child: false,
     };
     while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match arg.as_str() {
             "--unix" => a.host = HostEnd::Unix(PathBuf::from(value()?)),
             "--egress-unix" => a.egress = HostEnd::Unix(PathBuf::from(value()?)),
             "--read-file-limit" => {
-                a.read_file_limit = value()?.parse().map_err(|_| format!("--read-file-limit takes bytes\n{USAGE}"))?
+                a.read_file_limit = value()?
+                    .parse()
+                    .map_err(|_| format!("--read-file-limit takes bytes\n{USAGE}"))?
             }
             "--agent" => a.agent_child = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -46,7 +58,10 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 /// Connects to the host with back-off (100 ms doubling to 2 s) and serves
 /// it; reconnects after a drop until the host asks for shutdown.
 async fn run_agent(args: Args, in_vm: bool) {
-    let cfg = Config { read_file_limit: args.read_file_limit, in_vm };
+    let cfg = Config {
+        read_file_limit: args.read_file_limit,
+        in_vm,
+    };
     if in_vm {
         let egress = args.egress.clone();
         tokio::spawn(async move {
@@ -69,7 +84,10 @@ async fn run_agent(args: Args, in_vm: bool) {
                 }
             }
             Err(e) if !in_vm => {
-                eprintln!("cowork-guest: cannot reach the host at {:?}: {e}", args.host);
+                eprintln!(
+                    "cowork-guest: cannot reach the host at {:?}: {e}",
+                    args.host
+                );
                 std::process::exit(2);
             }
             Err(_) => {
@@ -107,7 +125,11 @@ fn main() {
         init::power_off();
     }
     let in_vm = args.agent_child;
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cowork-guest: {e}");

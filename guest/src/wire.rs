@@ -35,15 +35,36 @@ pub enum HostMsg {
         cwd: Option<String>,
     },
     /// The payload goes to the process's stdin.
-    Stdin { id: String },
-    CloseStdin { id: String },
-    Kill { id: String, signal: i32 },
+    Stdin {
+        id: String,
+    },
+    CloseStdin {
+        id: String,
+    },
+    Kill {
+        id: String,
+        signal: i32,
+    },
     /// Answered with [`GuestMsg::File`] or [`GuestMsg::Failed`].
-    ReadFile { req: u64, path: String, limit: u64 },
+    ReadFile {
+        req: u64,
+        path: String,
+        limit: u64,
+    },
     /// Mount virtio-fs `tag` at `path`; answered with `Done` or `Failed`.
-    Mount { req: u64, tag: String, path: String, read_only: bool },
-    Unmount { req: u64, path: String },
-    Ping { req: u64 },
+    Mount {
+        req: u64,
+        tag: String,
+        path: String,
+        read_only: bool,
+    },
+    Unmount {
+        req: u64,
+        path: String,
+    },
+    Ping {
+        req: u64,
+    },
     /// End every process, sync, unmount and reboot (ends the VM).
     Shutdown,
 }
@@ -51,12 +72,24 @@ pub enum HostMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum GuestMsg {
-    Hello { version: u32, agent: String },
-    Spawned { id: String },
-    SpawnFailed { id: String, error: String },
+    Hello {
+        version: u32,
+        agent: String,
+    },
+    Spawned {
+        id: String,
+    },
+    SpawnFailed {
+        id: String,
+        error: String,
+    },
     /// Payload: bytes the process wrote.
-    Stdout { id: String },
-    Stderr { id: String },
+    Stdout {
+        id: String,
+    },
+    Stderr {
+        id: String,
+    },
     /// After all of the process's output.
     Exit {
         id: String,
@@ -65,12 +98,23 @@ pub enum GuestMsg {
         oom_kill_count: Option<u64>,
     },
     /// Payload: the file's content.
-    File { req: u64 },
-    Done { req: u64 },
-    Failed { req: u64, error: String },
-    Pong { req: u64 },
+    File {
+        req: u64,
+    },
+    Done {
+        req: u64,
+    },
+    Failed {
+        req: u64,
+        error: String,
+    },
+    Pong {
+        req: u64,
+    },
     /// A message the agent could not act on (no request to answer).
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -105,7 +149,10 @@ pub fn check_len(len: u32) -> Result<usize, WireError> {
         return Err(WireError::TooLarge(len));
     }
     if len < 4 {
-        return Err(WireError::BadHeaderLength { header: 0, frame: len });
+        return Err(WireError::BadHeaderLength {
+            header: 0,
+            frame: len,
+        });
     }
     Ok(len)
 }
@@ -113,18 +160,27 @@ pub fn check_len(len: u32) -> Result<usize, WireError> {
 /// Splits a frame body (after the outer length) into header and payload.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<(T, &'a [u8]), WireError> {
     if body.len() < 4 {
-        return Err(WireError::BadHeaderLength { header: 0, frame: body.len() });
+        return Err(WireError::BadHeaderLength {
+            header: 0,
+            frame: body.len(),
+        });
     }
     let hlen = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
     if hlen > body.len() - 4 || hlen > MAX_HEADER {
-        return Err(WireError::BadHeaderLength { header: hlen, frame: body.len() });
+        return Err(WireError::BadHeaderLength {
+            header: hlen,
+            frame: body.len(),
+        });
     }
-    let header = serde_json::from_slice(&body[4..4 + hlen]).map_err(|e| WireError::BadHeader(e.to_string()))?;
+    let header = serde_json::from_slice(&body[4..4 + hlen])
+        .map_err(|e| WireError::BadHeader(e.to_string()))?;
     Ok((header, &body[4 + hlen..]))
 }
 
 /// Reads one frame body; `None` at a clean end of stream.
-pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Result<Vec<u8>, WireError>>> {
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+) -> std::io::Result<Option<Result<Vec<u8>, WireError>>> {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -157,7 +213,10 @@ mod tests {
         assert!(matches!(check_len(u32::MAX), Err(WireError::TooLarge(_))));
         assert!(check_len(2).is_err());
         assert!(decode::<HostMsg>(&[0, 0, 0, 99, b'{']).is_err());
-        assert!(decode::<HostMsg>(&[0, 0, 0, 2, b'{', b'}']).is_err(), "no type tag");
+        assert!(
+            decode::<HostMsg>(&[0, 0, 0, 2, b'{', b'}']).is_err(),
+            "no type tag"
+        );
         assert!(decode::<HostMsg>(&[0, 0]).is_err());
         assert!(encode(&GuestMsg::File { req: 1 }, &vec![0u8; MAX_FRAME]).is_err());
     }

@@ -27,10 +27,18 @@ impl Agent {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("host.sock");
         let l = UnixListener::bind(&path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cowork-guest")).arg("--unix").arg(&path).spawn().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_cowork-guest"))
+            .arg("--unix")
+            .arg(&path)
+            .spawn()
+            .unwrap();
         let (s, _) = l.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut a = Agent { child, s, _tmp: tmp };
+        let mut a = Agent {
+            child,
+            s,
+            _tmp: tmp,
+        };
         match a.recv().0 {
             GuestMsg::Hello { version, agent } => {
                 assert_eq!(version, wire::PROTOCOL_VERSION);
@@ -42,7 +50,9 @@ impl Agent {
     }
 
     fn send(&mut self, m: &HostMsg, payload: &[u8]) {
-        self.s.write_all(&wire::encode(m, payload).unwrap()).unwrap();
+        self.s
+            .write_all(&wire::encode(m, payload).unwrap())
+            .unwrap();
     }
 
     fn recv(&mut self) -> (GuestMsg, Vec<u8>) {
@@ -80,7 +90,15 @@ impl Agent {
             match self.recv() {
                 (GuestMsg::Stdout { id: i }, p) if i == id => out.extend(p),
                 (GuestMsg::Stderr { id: i }, p) if i == id => err.extend(p),
-                (GuestMsg::Exit { id: i, code, signal, .. }, _) if i == id => return (out, err, code, signal),
+                (
+                    GuestMsg::Exit {
+                        id: i,
+                        code,
+                        signal,
+                        ..
+                    },
+                    _,
+                ) if i == id => return (out, err, code, signal),
                 _ => {}
             }
         }
@@ -92,16 +110,28 @@ fn spawn_output_exit_and_stdin() {
     let mut a = Agent::start();
     a.spawn("p", "/bin/sh", &["-c", "echo out; echo err >&2; exit 7"]);
     assert_eq!(a.recv().0, GuestMsg::Spawned { id: "p".into() });
-    assert_eq!(a.collect("p"), (b"out\n".to_vec(), b"err\n".to_vec(), Some(7), None));
+    assert_eq!(
+        a.collect("p"),
+        (b"out\n".to_vec(), b"err\n".to_vec(), Some(7), None)
+    );
 
     a.spawn("c", "/bin/cat", &[]);
     a.send(&HostMsg::Stdin { id: "c".into() }, b"binary \x00\xff ok");
     a.send(&HostMsg::CloseStdin { id: "c".into() }, &[]);
     let (out, _, code, _) = a.collect("c");
-    assert_eq!((out.as_slice(), code), (&b"binary \x00\xff ok"[..], Some(0)));
+    assert_eq!(
+        (out.as_slice(), code),
+        (&b"binary \x00\xff ok"[..], Some(0))
+    );
 
     a.spawn("s", "/bin/sleep", &["30"]);
-    a.send(&HostMsg::Kill { id: "s".into(), signal: 15 }, &[]);
+    a.send(
+        &HostMsg::Kill {
+            id: "s".into(),
+            signal: 15,
+        },
+        &[],
+    );
     assert_eq!(a.collect("s").3, Some(15));
 
     a.spawn("x", "/no/such/binary", &[]);
@@ -113,14 +143,28 @@ fn spawn_output_exit_and_stdin() {
 #[test]
 fn output_order_and_sixty_four_mib() {
     let mut a = Agent::start();
-    a.spawn("o", "/bin/sh", &["-c", "i=0; while [ $i -lt 3000 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done"]);
+    a.spawn(
+        "o",
+        "/bin/sh",
+        &[
+            "-c",
+            "i=0; while [ $i -lt 3000 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done",
+        ],
+    );
     let (out, err, code, _) = a.collect("o");
-    let want = |p: &str| (0..3000).map(|i| format!("{p}{i}\n")).collect::<String>().into_bytes();
+    let want = |p: &str| {
+        (0..3000)
+            .map(|i| format!("{p}{i}\n"))
+            .collect::<String>()
+            .into_bytes()
+    };
     assert!(out == want("o") && err == want("e") && code == Some(0));
 
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("big");
-    let content: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let content: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     std::fs::write(&file, &content).unwrap();
     a.spawn("big", "/bin/cat", &[file.to_str().unwrap()]);
     let (out, _, code, _) = a.collect("big");
@@ -133,7 +177,14 @@ fn output_order_and_sixty_four_mib() {
 fn twenty_concurrent_processes() {
     let mut a = Agent::start();
     for i in 0..20 {
-        a.spawn(&format!("p{i}"), "/bin/sh", &["-c", &format!("i=0; while [ $i -lt 500 ]; do echo {i}-$i; i=$((i+1)); done")]);
+        a.spawn(
+            &format!("p{i}"),
+            "/bin/sh",
+            &[
+                "-c",
+                &format!("i=0; while [ $i -lt 500 ]; do echo {i}-$i; i=$((i+1)); done"),
+            ],
+        );
     }
     let mut outs = vec![Vec::new(); 20];
     let mut exited = 0;
@@ -159,13 +210,31 @@ fn read_file_is_limited() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("small"), "hello").unwrap();
     std::fs::write(tmp.path().join("big"), vec![0u8; 5000]).unwrap();
-    nix::unistd::mkfifo(&tmp.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &tmp.path().join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     let read = |a: &mut Agent, name: &str, limit: u64| {
-        a.send(&HostMsg::ReadFile { req: 1, path: tmp.path().join(name).to_string_lossy().into(), limit }, &[]);
+        a.send(
+            &HostMsg::ReadFile {
+                req: 1,
+                path: tmp.path().join(name).to_string_lossy().into(),
+                limit,
+            },
+            &[],
+        );
         a.recv()
     };
-    assert_eq!(read(&mut a, "small", 100), (GuestMsg::File { req: 1 }, b"hello".to_vec()));
-    for (name, limit, needle) in [("big", 4096, "limit"), ("fifo", 100, "not a regular file"), ("missing", 100, "cannot open")] {
+    assert_eq!(
+        read(&mut a, "small", 100),
+        (GuestMsg::File { req: 1 }, b"hello".to_vec())
+    );
+    for (name, limit, needle) in [
+        ("big", 4096, "limit"),
+        ("fifo", 100, "not a regular file"),
+        ("missing", 100, "cannot open"),
+    ] {
         match read(&mut a, name, limit).0 {
             GuestMsg::Failed { error, .. } => assert!(error.contains(needle), "{name}: {error}"),
             other => panic!("{name}: {other:?}"),
@@ -177,11 +246,15 @@ fn read_file_is_limited() {
 fn malformed_frames_get_errors_and_no_panic() {
     let mut a = Agent::start();
     let bad_bodies: Vec<Vec<u8>> = vec![
-        vec![0, 0, 0, 2, b'{', b'}'],               // no type
+        vec![0, 0, 0, 2, b'{', b'}'],                   // no type
         vec![0, 0, 0, 5, b'n', b'o', b'p', b'e', b'!'], // not JSON
-        vec![0, 0, 0, 99, b'{'],                    // header longer than the frame
-        br#"{"type":"spawn"}"#.to_vec(),            // header length missing (reads as huge)
-        [&[0u8, 0, 0, 30][..], br#"{"type":"kill","id":"x","signal":"TERM"}"#].concat(),
+        vec![0, 0, 0, 99, b'{'],                        // header longer than the frame
+        br#"{"type":"spawn"}"#.to_vec(),                // header length missing (reads as huge)
+        [
+            &[0u8, 0, 0, 30][..],
+            br#"{"type":"kill","id":"x","signal":"TERM"}"#,
+        ]
+        .concat(),
         [&[0u8, 0, 0, 16][..], br#"{"type":"reboot"}"#].concat(),
     ];
     for body in bad_bodies {
@@ -190,16 +263,39 @@ fn malformed_frames_get_errors_and_no_panic() {
         a.s.write_all(&f).unwrap();
         assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
     }
-    a.send(&HostMsg::Kill { id: "ghost".into(), signal: 9 }, &[]);
+    a.send(
+        &HostMsg::Kill {
+            id: "ghost".into(),
+            signal: 9,
+        },
+        &[],
+    );
     assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
-    a.send(&HostMsg::Kill { id: "ghost".into(), signal: 9999 }, &[]);
+    a.send(
+        &HostMsg::Kill {
+            id: "ghost".into(),
+            signal: 9999,
+        },
+        &[],
+    );
     assert!(matches!(a.recv().0, GuestMsg::Error { .. }));
-    a.send(&HostMsg::Mount { req: 3, tag: "t".into(), path: "/tmp/x".into(), read_only: true }, &[]);
+    a.send(
+        &HostMsg::Mount {
+            req: 3,
+            tag: "t".into(),
+            path: "/tmp/x".into(),
+            read_only: true,
+        },
+        &[],
+    );
     assert!(matches!(a.recv().0, GuestMsg::Failed { req: 3, .. }));
     a.spawn("d", "/bin/sleep", &["5"]);
     a.recv();
     a.spawn("d", "/bin/sleep", &["5"]);
-    assert!(matches!(a.recv().0, GuestMsg::SpawnFailed { .. }), "duplicate id");
+    assert!(
+        matches!(a.recv().0, GuestMsg::SpawnFailed { .. }),
+        "duplicate id"
+    );
     a.send(&HostMsg::Ping { req: 1 }, &[]);
     assert_eq!(a.recv().0, GuestMsg::Pong { req: 1 }, "still serving");
     // An oversized length breaks the framing: an error, then the end.
@@ -209,7 +305,10 @@ fn malformed_frames_get_errors_and_no_panic() {
     assert_eq!(status.code(), Some(0), "the agent ended cleanly, no panic");
     // What is left: the exits of the processes that were ended, then EOF.
     while let Some((m, _)) = a.try_recv() {
-        assert!(matches!(m, GuestMsg::Exit { ref id, signal: Some(9), .. } if id == "d"), "{m:?}");
+        assert!(
+            matches!(m, GuestMsg::Exit { ref id, signal: Some(9), .. } if id == "d"),
+            "{m:?}"
+        );
     }
 }
 

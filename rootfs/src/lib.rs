@@ -1,3 +1,257 @@
-//! Guest kernel configuration and the reproducible rootfs/image builder.
+//! Reproducible guest images: the kernel (Debian's linux-source-6.12 and
+//! `kernel/guest.config`, built by `build-kernel.sh`, both embedded here so
+//! an installed helper can build them), a rootfs per profile as an ext4
+//! image, and `manifest.json` with every input and artifact hash.
 //!
-//! Not written yet: the guest-side issue fills this crate.
+//! Run by `make image` and `cowork-microvm image build`.
+
+pub mod ext4;
+pub mod manifest;
+pub mod tree;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use manifest::{sha256_bytes, sha256_file, Artifact, Manifest, FORMAT_VERSION};
+
+pub const KERNEL_FRAGMENT: &str = include_str!("../kernel/guest.config");
+pub const KERNEL_SCRIPT: &str = include_str!("../build-kernel.sh");
+/// Every timestamp in the images.
+pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
+pub const KERNEL: &str = "vmlinux";
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Minimal,
+    Standard,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Option<Profile> {
+        match s {
+            "minimal" => Some(Profile::Minimal),
+            "standard" => Some(Profile::Standard),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Minimal => "minimal",
+            Profile::Standard => "standard",
+        }
+    }
+
+    pub fn rootfs_file(self) -> String {
+        format!("rootfs-{}.ext4", self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("missing build dependencies; install them with: sudo apt-get install {0}")]
+    Missing(String),
+    #[error("{0}")]
+    NeedsRoot(String),
+    #[error(
+        "the agent {0} is dynamically linked; the guest needs a static one (make image builds it)"
+    )]
+    DynamicAgent(PathBuf),
+    #[error("{0}")]
+    Step(String),
+}
+
+pub struct BuildOptions {
+    pub profile: Profile,
+    pub out: PathBuf,
+    pub agent: PathBuf,
+    /// Build the kernel too (skipped by tests that only check the rootfs).
+    pub kernel: bool,
+    /// Where the kernel build is cached between runs.
+    pub cache: PathBuf,
+}
+
+fn progress(step: &str) {
+    eprintln!("image: {step}");
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn check_tools(opts: &BuildOptions) -> Result<(), BuildError> {
+    let mut missing = Vec::new();
+    if !have("mke2fs") || !have("debugfs") {
+        missing.push("e2fsprogs");
+    }
+    if opts.profile == Profile::Minimal && !Path::new(BUSYBOX).exists() {
+        missing.push("busybox-static");
+    }
+    if opts.profile == Profile::Standard && !have("debootstrap") {
+        missing.push("debootstrap");
+    }
+    if opts.kernel {
+        for (tool, pkg) in [
+            ("make", "build-essential"),
+            ("flex", "flex"),
+            ("bison", "bison"),
+            ("bc", "bc"),
+        ] {
+            if !have(tool) {
+                missing.push(pkg);
+            }
+        }
+        if !Path::new("/usr/src/linux-source-6.12.tar.xz").exists() {
+            missing.push("linux-source-6.12");
+        }
+        for (hdr, pkg) in [
+            ("/usr/include/libelf.h", "libelf-dev"),
+            ("/usr/include/openssl/ssl.h", "libssl-dev"),
+        ] {
+            if !Path::new(hdr).exists() {
+                missing.push(pkg);
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(BuildError::Missing(missing.join(" ")))
+    }
+}
+
+fn busybox_version() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", "busybox-static"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn build_kernel(opts: &BuildOptions, work: &Path) -> Result<BTreeMap<String, String>, BuildError> {
+    progress("kernel (cached after the first build; about 6 minutes without a cache)");
+    let dir = work.join("kernel-src");
+    std::fs::create_dir_all(dir.join("kernel")).map_err(|e| BuildError::Step(e.to_string()))?;
+    std::fs::write(dir.join("build-kernel.sh"), KERNEL_SCRIPT)
+        .map_err(|e| BuildError::Step(e.to_string()))?;
+    std::fs::write(dir.join("kernel/guest.config"), KERNEL_FRAGMENT)
+        .map_err(|e| BuildError::Step(e.to_string()))?;
+    let status = Command::new("bash")
+        .arg(dir.join("build-kernel.sh"))
+        .arg(&opts.out)
+        .env("COWORK_VM_CACHE_DIR", &opts.cache)
+        .status()
+        .map_err(|e| BuildError::Step(format!("kernel build: {e}")))?;
+    if !status.success() {
+        return Err(BuildError::Step(format!("kernel build failed ({status})")));
+    }
+    let info: BTreeMap<String, serde_json::Value> = std::fs::read(opts.out.join("kernel.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .ok_or_else(|| BuildError::Step("kernel build left no kernel.json".into()))?;
+    let _ = std::fs::remove_file(opts.out.join("kernel.json"));
+    Ok(info
+        .into_iter()
+        .filter(|(k, _)| k != "vmlinuxSha256")
+        .map(|(k, v)| {
+            (
+                format!("kernel.{k}"),
+                v.as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+/// The inputs that decide the rootfs: if a manifest in `out` has the same
+/// ones and its artifacts verify, nothing is rebuilt.
+fn rootfs_inputs(opts: &BuildOptions) -> Result<BTreeMap<String, String>, BuildError> {
+    let (agent_sha, _) = sha256_file(&opts.agent)
+        .map_err(|e| BuildError::Step(format!("agent {}: {e}", opts.agent.display())))?;
+    let mut inputs = BTreeMap::from([
+        ("agentSha256".to_string(), agent_sha),
+        (
+            "builder".to_string(),
+            sha256_bytes(concat!(include_str!("tree.rs"), include_str!("ext4.rs")).as_bytes()),
+        ),
+        ("profile".to_string(), opts.profile.name().to_string()),
+    ]);
+    match opts.profile {
+        Profile::Minimal => inputs.insert("busyboxStatic".into(), busybox_version()),
+        Profile::Standard => inputs.insert("debianSuite".into(), "bookworm".into()),
+    };
+    Ok(inputs)
+}
+
+/// Builds (or finds cached) the kernel and the profile's rootfs in
+/// `opts.out`, writes the manifest and returns it.
+pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+    check_tools(opts)?;
+    if tree::is_dynamic(&opts.agent)
+        .map_err(|e| BuildError::Step(format!("agent {}: {e}", opts.agent.display())))?
+    {
+        return Err(BuildError::DynamicAgent(opts.agent.clone()));
+    }
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| BuildError::Step(format!("{}: {e}", opts.out.display())))?;
+    let work = opts.out.join(format!(".build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| BuildError::Step(e.to_string()))?;
+    let result = build_in(opts, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn build_in(opts: &BuildOptions, work: &Path) -> Result<Manifest, BuildError> {
+    let mut inputs = rootfs_inputs(opts)?;
+    if opts.kernel {
+        inputs.extend(build_kernel(opts, work)?);
+    }
+    let rootfs = opts.profile.rootfs_file();
+    let cached = Manifest::load(&opts.out)
+        .ok()
+        .filter(|m| m.inputs == inputs && m.verify(&opts.out).is_ok());
+    if let Some(m) = cached {
+        progress(&format!("{rootfs}: up to date ({})", opts.out.display()));
+        return Ok(m);
+    }
+    progress(&format!("{} rootfs tree", opts.profile.name()));
+    let root = work.join("root");
+    std::fs::create_dir_all(&root).map_err(|e| BuildError::Step(e.to_string()))?;
+    match opts.profile {
+        Profile::Minimal => tree::minimal(&root, &opts.agent, Path::new(BUSYBOX))?,
+        Profile::Standard => tree::standard(&root, &opts.agent, DEBIAN_MIRROR)?,
+    }
+    progress(&format!("{rootfs} (ext4, reproducible)"));
+    ext4::make_image(&root, &opts.out.join(&rootfs), SOURCE_DATE_EPOCH, work)?;
+    let mut artifacts = BTreeMap::new();
+    let mut names = vec![rootfs];
+    if opts.kernel {
+        names.push(KERNEL.to_string());
+    }
+    for name in names {
+        let (sha256, size) = sha256_file(&opts.out.join(&name))
+            .map_err(|e| BuildError::Step(format!("{name}: {e}")))?;
+        artifacts.insert(name, Artifact { sha256, size });
+    }
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        profile: opts.profile.name().into(),
+        source_date_epoch: SOURCE_DATE_EPOCH,
+        inputs,
+        artifacts,
+    };
+    m.write(&opts.out)
+        .map_err(|e| BuildError::Step(format!("manifest: {e}")))?;
+    progress(&format!("done: {}", opts.out.display()));
+    Ok(m)
+}

@@ -1,0 +1,143 @@
+//! `manifest.json` beside the artifacts: what went in (input versions, the
+//! kernel config's hash, the agent's hash) and each artifact's sha256. The
+//! helper refuses an artifact whose hash does not match.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub format_version: u32,
+    pub profile: String,
+    pub source_date_epoch: u64,
+    /// Everything that determines the artifacts; equal inputs, equal bytes.
+    pub inputs: BTreeMap<String, String>,
+    /// File name (beside the manifest) to its hash and size.
+    pub artifacts: BTreeMap<String, Artifact>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no manifest at {0}: build the image first (make image)")]
+    Missing(PathBuf),
+    #[error("cannot read {path}: {error}")]
+    Unreadable { path: PathBuf, error: String },
+    #[error("{path} does not match its manifest: expected sha256 {expected}, found {actual}; rebuild with make image")]
+    Mismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, size))
+}
+
+pub fn sha256_bytes(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> Result<Manifest, VerifyError> {
+        let path = dir.join(MANIFEST);
+        let text = std::fs::read(&path).map_err(|_| VerifyError::Missing(path.clone()))?;
+        serde_json::from_slice(&text).map_err(|e| VerifyError::Unreadable {
+            path,
+            error: e.to_string(),
+        })
+    }
+
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(dir.join(MANIFEST), text)
+    }
+
+    /// Checks every artifact against its recorded hash.
+    pub fn verify(&self, dir: &Path) -> Result<(), VerifyError> {
+        for (name, want) in &self.artifacts {
+            let path = dir.join(name);
+            let (actual, _) = sha256_file(&path).map_err(|e| VerifyError::Unreadable {
+                path: path.clone(),
+                error: e.to_string(),
+            })?;
+            if actual != want.sha256 {
+                return Err(VerifyError::Mismatch {
+                    path,
+                    expected: want.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads and verifies the manifest in `dir`.
+pub fn verify_dir(dir: &Path) -> Result<Manifest, VerifyError> {
+    let m = Manifest::load(dir)?;
+    m.verify(dir)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_a_changed_artifact() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.img"), b"image").unwrap();
+        let (sha256, size) = sha256_file(&t.path().join("a.img")).unwrap();
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            profile: "minimal".into(),
+            source_date_epoch: 1,
+            inputs: BTreeMap::new(),
+            artifacts: [("a.img".to_string(), Artifact { sha256, size })].into(),
+        };
+        m.write(t.path()).unwrap();
+        assert_eq!(verify_dir(t.path()).unwrap(), m);
+        std::fs::write(t.path().join("a.img"), b"imagf").unwrap();
+        let e = verify_dir(t.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("a.img") && e.contains("expected sha256") && e.contains("found"),
+            "{e}"
+        );
+        assert!(matches!(
+            verify_dir(&t.path().join("nope")),
+            Err(VerifyError::Missing(_))
+        ));
+    }
+}
