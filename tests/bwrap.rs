@@ -329,10 +329,7 @@ fn api_reachability_is_probed_after_start() {
         "startVM",
         json!({"apiProbeURL": format!("http://127.0.0.1:{port}/v1")}),
     );
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        seen.push(ev.next());
-    }
+    let seen: Vec<_> = (0..2).map(|_| ev.next()).collect();
     assert!(
         seen.contains(&json!({"type": "networkStatus", "status": "connected"})),
         "{seen:?}"
@@ -351,10 +348,7 @@ fn api_reachability_is_probed_after_start() {
         "startVM",
         json!({"apiProbeURL": format!("http://127.0.0.1:{port}/v1")}),
     );
-    let mut seen = Vec::new();
-    while seen.len() < 2 {
-        seen.push(ev.next());
-    }
+    let seen: Vec<_> = (0..2).map(|_| ev.next()).collect();
     assert!(
         seen.contains(&json!({"type": "apiReachability", "status": "unreachable"})),
         "{seen:?}"

@@ -329,11 +329,7 @@ fn socket_is_private_and_stale_files_are_replaced() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     // SIGTERM ends it cleanly and removes the socket.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(c.id() as i32),
@@ -367,11 +363,7 @@ fn community_launcher_form_is_accepted() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_socket(&sock);
     let _ = c.kill();
     let _ = c.wait();
 }

@@ -262,6 +262,19 @@ impl Events {
     }
 }
 
+/// Waits (at most 20 s) until something accepts on `path`.
+pub fn wait_for_socket(path: &Path) {
+    let start = Instant::now();
+    while UnixStream::connect(path).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "nothing ever listened on {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn spawn_params(id: &str, session: &str, cmd: &str, args: &[&str]) -> Value {
     json!({"id": id, "name": session, "command": cmd, "args": args, "isResume": false})
 }

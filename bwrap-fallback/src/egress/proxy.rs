@@ -143,33 +143,25 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            respond(
-                &mut client,
-                "400 Bad Request",
-                &format!("cowork egress proxy: {e}\n"),
-            )
-            .await;
-            return Outcome::BadRequest(e);
-        }
+        Ok(h) => h,
         Err(_) => return Outcome::BadRequest("request head timed out".into()),
     };
-    let connect = head.method.eq_ignore_ascii_case("CONNECT");
-    let target = if connect {
-        split_host_port(&head.target, 443).map(|(h, p)| (h, p, String::new()))
-    } else {
-        split_absolute(&head.target)
-    };
-    let (host, port, path) = match target {
+    let connect = head
+        .as_ref()
+        .is_ok_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
+    let target = head.and_then(|head| {
+        let target = if connect {
+            split_host_port(&head.target, 443).map(|(h, p)| (h, p, String::new()))
+        } else {
+            split_absolute(&head.target)
+        };
+        target.map(|t| (t, head))
+    });
+    let ((host, port, path), head) = match target {
         Ok(t) => t,
         Err(e) => {
-            respond(
-                &mut client,
-                "400 Bad Request",
-                &format!("cowork egress proxy: {e}\n"),
-            )
-            .await;
+            let body = format!("cowork egress proxy: {e}\n");
+            respond(&mut client, "400 Bad Request", &body).await;
             return Outcome::BadRequest(e);
         }
     };
