@@ -1,4 +1,5 @@
-//! The in-process VMM on rust-vmm crates.
-//!
-//! Not written yet: the VMM-core issue fills this crate. Until then the
-//! helper's backend selection reports the kvm backend as unavailable.
+//! The in-process microVM of cowork-microvm, on rust-vmm crates.
+
+pub mod devices;
+pub mod layout;
+pub mod memory;
