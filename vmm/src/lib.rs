@@ -1,5 +1,13 @@
-//! The in-process microVM of cowork-microvm, on rust-vmm crates.
+//! The in-process microVM of cowork-microvm, on rust-vmm crates
+//! (kvm-ioctls, vm-memory, linux-loader, vm-superio, virtio-queue): KVM,
+//! guest memory, the guest kernel through its PVH entry, an 8250 console,
+//! i8042 reset, a boot timer, and virtio-blk on virtio-mmio.
 
+pub mod arch;
 pub mod devices;
 pub mod layout;
 pub mod memory;
+pub mod vcpu;
+pub mod vm;
+
+pub use vm::{Boot, DiskConfig, Vm, VmConfig, VmError};

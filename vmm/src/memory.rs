@@ -26,7 +26,10 @@ pub fn ranges(mib: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START as usize),
-            (GuestAddress(MMIO_GAP_END), (bytes - MMIO_GAP_START) as usize),
+            (
+                GuestAddress(MMIO_GAP_END),
+                (bytes - MMIO_GAP_START) as usize,
+            ),
         ]
     }
 }
@@ -68,6 +71,9 @@ mod tests {
         assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
         assert_eq!(r[0].1 + r[1].1, 4096 << 20);
         assert!(matches!(create(1), Err(MemoryError::Size(1))));
-        assert!(matches!(create(MAX_MEMORY_MIB + 1), Err(MemoryError::Size(_))));
+        assert!(matches!(
+            create(MAX_MEMORY_MIB + 1),
+            Err(MemoryError::Size(_))
+        ));
     }
 }

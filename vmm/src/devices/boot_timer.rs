@@ -15,7 +15,10 @@ pub struct BootTimer {
 
 impl BootTimer {
     pub fn new(start: Instant) -> Self {
-        Self { start, seen: Arc::default() }
+        Self {
+            start,
+            seen: Arc::default(),
+        }
     }
 
     /// When the guest's init first signalled, after VM creation.
@@ -34,7 +37,10 @@ impl BusDevice for BootTimer {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if seen.is_none() {
                 let t = self.start.elapsed();
-                tracing::info!("guest init started {:.1} ms after VM creation", t.as_secs_f64() * 1e3);
+                tracing::info!(
+                    "guest init started {:.1} ms after VM creation",
+                    t.as_secs_f64() * 1e3
+                );
                 *seen = Some(t);
             }
         }

@@ -16,14 +16,21 @@ pub struct Overlap {
     pub len: u64,
 }
 
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
 #[derive(Default, Clone)]
 pub struct Bus {
-    /// Sorted by base, never overlapping.
-    ranges: Vec<(u64, u64, Arc<Mutex<dyn BusDevice>>)>,
+    /// (base, length, device), sorted by base, never overlapping.
+    ranges: Vec<(u64, u64, SharedDevice)>,
 }
 
 impl Bus {
-    pub fn insert(&mut self, base: u64, len: u64, dev: Arc<Mutex<dyn BusDevice>>) -> Result<(), Overlap> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        dev: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<(), Overlap> {
         let end = base.checked_add(len).ok_or(Overlap { base, len })?;
         if len == 0 || self.ranges.iter().any(|(b, l, _)| base < b + l && *b < end) {
             return Err(Overlap { base, len });
@@ -33,8 +40,11 @@ impl Bus {
         Ok(())
     }
 
-    fn find(&self, addr: u64, size: usize) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
-        let i = self.ranges.partition_point(|(b, _, _)| *b <= addr).checked_sub(1)?;
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
+        let i = self
+            .ranges
+            .partition_point(|(b, _, _)| *b <= addr)
+            .checked_sub(1)?;
         let (base, len, dev) = &self.ranges[i];
         let off = addr - base;
         (off + size as u64 <= *len).then_some((off, dev))
@@ -44,7 +54,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(off, data);
                 true
             }
             None => false,
@@ -54,7 +66,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,
@@ -82,7 +96,9 @@ mod tests {
         bus.insert(0x10, 8, Arc::new(Mutex::new(Echo(1)))).unwrap();
         bus.insert(0x20, 8, Arc::new(Mutex::new(Echo(5)))).unwrap();
         assert!(bus.insert(0x14, 8, Arc::new(Mutex::new(Echo(0)))).is_err());
-        assert!(bus.insert(u64::MAX, 8, Arc::new(Mutex::new(Echo(0)))).is_err());
+        assert!(bus
+            .insert(u64::MAX, 8, Arc::new(Mutex::new(Echo(0))))
+            .is_err());
         let mut b = [0u8; 1];
         assert!(bus.read(0x12, &mut b));
         assert_eq!(b[0], 3);

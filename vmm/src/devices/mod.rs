@@ -29,7 +29,9 @@ pub struct VmExit(Arc<AtomicU8>);
 
 impl VmExit {
     pub fn request(&self, why: ExitReason) {
-        let _ = self.0.compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .0
+            .compare_exchange(0, why as u8, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     pub fn reason(&self) -> ExitReason {

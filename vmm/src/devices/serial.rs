@@ -25,7 +25,9 @@ pub struct SerialDevice<W: Write + Send> {
 
 impl<W: Write + Send> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
-        Self { serial: Serial::new(IrqTrigger(irq), out) }
+        Self {
+            serial: Serial::new(IrqTrigger(irq), out),
+        }
     }
 }
 

@@ -97,7 +97,9 @@ impl MmioTransport {
         if self.status & status::DRIVER_OK == 0 || self.status & status::FAILED != 0 {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index as usize) else { return };
+        let Some(queue) = self.queues.get_mut(index as usize) else {
+            return;
+        };
         if !queue.ready() {
             return;
         }
@@ -137,7 +139,9 @@ impl MmioTransport {
             reg::DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             reg::DRIVER_FEATURES => match self.driver_features_sel {
                 0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
-                1 => self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32),
+                1 => {
+                    self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32)
+                }
                 _ => {}
             },
             reg::QUEUE_SEL => self.queue_sel = v,
@@ -151,19 +155,39 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            reg::QUEUE_DESC_LOW if setup => self.selected().into_iter().for_each(|q| q.set_desc_table_address(Some(v), None)),
-            reg::QUEUE_DESC_HIGH if setup => self.selected().into_iter().for_each(|q| q.set_desc_table_address(None, Some(v))),
-            reg::QUEUE_DRIVER_LOW if setup => self.selected().into_iter().for_each(|q| q.set_avail_ring_address(Some(v), None)),
-            reg::QUEUE_DRIVER_HIGH if setup => self.selected().into_iter().for_each(|q| q.set_avail_ring_address(None, Some(v))),
-            reg::QUEUE_DEVICE_LOW if setup => self.selected().into_iter().for_each(|q| q.set_used_ring_address(Some(v), None)),
-            reg::QUEUE_DEVICE_HIGH if setup => self.selected().into_iter().for_each(|q| q.set_used_ring_address(None, Some(v))),
+            reg::QUEUE_DESC_LOW if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_desc_table_address(Some(v), None)),
+            reg::QUEUE_DESC_HIGH if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_desc_table_address(None, Some(v))),
+            reg::QUEUE_DRIVER_LOW if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_avail_ring_address(Some(v), None)),
+            reg::QUEUE_DRIVER_HIGH if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_avail_ring_address(None, Some(v))),
+            reg::QUEUE_DEVICE_LOW if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_used_ring_address(Some(v), None)),
+            reg::QUEUE_DEVICE_HIGH if setup => self
+                .selected()
+                .into_iter()
+                .for_each(|q| q.set_used_ring_address(None, Some(v))),
             reg::QUEUE_NOTIFY => self.notify(v),
             reg::INTERRUPT_ACK => self.interrupt_status &= !v,
             reg::STATUS => {
                 if v == 0 {
                     self.reset();
                 } else {
-                    if v & status::FEATURES_OK != 0 && self.driver_features & !self.device_features() != 0 {
+                    if v & status::FEATURES_OK != 0
+                        && self.driver_features & !self.device_features() != 0
+                    {
                         // The driver accepted features we never offered.
                         self.status = v | status::FAILED;
                         return;
@@ -182,7 +206,7 @@ impl BusDevice for MmioTransport {
             self.device.read_config(offset - reg::CONFIG, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -190,7 +214,7 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset >= reg::CONFIG || data.len() != 4 || offset % 4 != 0 {
+        if offset >= reg::CONFIG || data.len() != 4 || !offset.is_multiple_of(4) {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
@@ -238,11 +262,18 @@ mod tests {
         assert_eq!(rd(&mut t, reg::DEVICE_ID), 4);
         assert_eq!(rd(&mut t, reg::QUEUE_NUM_MAX), 16);
         t.write(reg::DEVICE_FEATURES_SEL, &1u32.to_le_bytes());
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1, "VERSION_1 in the high word");
+        assert_eq!(
+            rd(&mut t, reg::DEVICE_FEATURES),
+            1,
+            "VERSION_1 in the high word"
+        );
         // Features we never offered fail the handshake.
         t.write(reg::DRIVER_FEATURES_SEL, &0u32.to_le_bytes());
         t.write(reg::DRIVER_FEATURES, &(1u32 << 7).to_le_bytes());
-        t.write(reg::STATUS, &(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK).to_le_bytes());
+        t.write(
+            reg::STATUS,
+            &(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK).to_le_bytes(),
+        );
         assert!(rd(&mut t, reg::STATUS) & status::FAILED != 0);
         t.write(reg::STATUS, &0u32.to_le_bytes());
         assert_eq!(rd(&mut t, reg::STATUS), 0, "reset");

@@ -38,8 +38,17 @@ impl Block {
             .read(true)
             .write(!read_only)
             .open(path)
-            .map_err(|source| BlockError::Open { path: shown.clone(), source })?;
-        let capacity = file.metadata().map_err(|source| BlockError::Open { path: shown.clone(), source })?.len();
+            .map_err(|source| BlockError::Open {
+                path: shown.clone(),
+                source,
+            })?;
+        let capacity = file
+            .metadata()
+            .map_err(|source| BlockError::Open {
+                path: shown.clone(),
+                source,
+            })?
+            .len();
         if capacity == 0 || capacity % SECTOR_SIZE != 0 {
             return Err(BlockError::Size(shown));
         }
@@ -93,7 +102,9 @@ impl VirtioDevice for Block {
         // At most one pass over the ring: a guest that keeps refilling it
         // cannot keep the vCPU here for ever.
         for _ in 0..queue.size() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else { break };
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                break;
+            };
             let head = chain.head_index();
             let len = serve(chain, mem, &backing);
             if queue.add_used(mem, head, len).is_err() {
@@ -133,7 +144,8 @@ mod tests {
     fn header(mem: &GuestMemoryMmap, kind: u32, sector: u64) {
         mem.write_obj(kind.to_le(), GuestAddress(HDR)).unwrap();
         mem.write_obj(0u32, GuestAddress(HDR + 4)).unwrap();
-        mem.write_obj(sector.to_le(), GuestAddress(HDR + 8)).unwrap();
+        mem.write_obj(sector.to_le(), GuestAddress(HDR + 8))
+            .unwrap();
     }
 
     fn desc(addr: u64, len: u32, flags: u32) -> RawDescriptor {
@@ -153,7 +165,11 @@ mod tests {
 
     /// Header, one data descriptor, status.
     fn req(data_len: u32, data_flags: u32) -> Vec<RawDescriptor> {
-        vec![desc(HDR, 16, 0), desc(DATA, data_len, data_flags), desc(STATUS, 1, VRING_DESC_F_WRITE)]
+        vec![
+            desc(HDR, 16, 0),
+            desc(DATA, data_len, data_flags),
+            desc(STATUS, 1, VRING_DESC_F_WRITE),
+        ]
     }
 
     #[test]
@@ -173,7 +189,15 @@ mod tests {
         assert!(on_disk[7 * 512..].iter().all(|x| *x == 0x5a));
 
         header(&m, 4, 0);
-        assert_eq!(run(&mut b, &m, &[desc(HDR, 16, 0), desc(STATUS, 1, VRING_DESC_F_WRITE)]).0, 0);
+        assert_eq!(
+            run(
+                &mut b,
+                &m,
+                &[desc(HDR, 16, 0), desc(STATUS, 1, VRING_DESC_F_WRITE)]
+            )
+            .0,
+            0
+        );
 
         header(&m, 8, 0);
         let (st, len) = run(&mut b, &m, &req(20, VRING_DESC_F_WRITE));
@@ -183,7 +207,11 @@ mod tests {
         assert_eq!(&id, b"cowork-disk-id-12345");
 
         header(&m, 11, 0);
-        assert_eq!(run(&mut b, &m, &req(16, VRING_DESC_F_WRITE)).0, 2, "unsupported");
+        assert_eq!(
+            run(&mut b, &m, &req(16, VRING_DESC_F_WRITE)).0,
+            2,
+            "unsupported"
+        );
     }
 
     #[test]
@@ -191,14 +219,26 @@ mod tests {
         let (_f, mut b) = disk(false);
         let m = mem();
         header(&m, 0, 7);
-        assert_eq!(run(&mut b, &m, &req(1024, VRING_DESC_F_WRITE)).0, 1, "past the end");
+        assert_eq!(
+            run(&mut b, &m, &req(1024, VRING_DESC_F_WRITE)).0,
+            1,
+            "past the end"
+        );
         header(&m, 0, u64::MAX / 2);
-        assert_eq!(run(&mut b, &m, &req(512, VRING_DESC_F_WRITE)).0, 1, "sector overflow");
+        assert_eq!(
+            run(&mut b, &m, &req(512, VRING_DESC_F_WRITE)).0,
+            1,
+            "sector overflow"
+        );
 
         let (f, mut ro) = disk(true);
         let before = std::fs::read(f.path()).unwrap();
         header(&m, 1, 0);
-        assert_eq!(run(&mut ro, &m, &req(512, 0)).0, 1, "read-only refuses writes");
+        assert_eq!(
+            run(&mut ro, &m, &req(512, 0)).0,
+            1,
+            "read-only refuses writes"
+        );
         assert_eq!(std::fs::read(f.path()).unwrap(), before);
         assert!(ro.features() & VIRTIO_BLK_F_RO != 0);
     }
@@ -209,24 +249,61 @@ mod tests {
         let m = mem();
         // A header shorter than 16 bytes: an I/O error, not a panic.
         header(&m, 0, 0);
-        assert_eq!(run(&mut b, &m, &[desc(HDR, 8, 0), desc(STATUS, 1, VRING_DESC_F_WRITE)]).0, 1);
+        assert_eq!(
+            run(
+                &mut b,
+                &m,
+                &[desc(HDR, 8, 0), desc(STATUS, 1, VRING_DESC_F_WRITE)]
+            )
+            .0,
+            1
+        );
         // No writable descriptor at all: returned unused.
-        assert_eq!(run(&mut b, &m, &[desc(HDR, 16, 0), desc(DATA, 512, 0)]), (0xaa, 0));
+        assert_eq!(
+            run(&mut b, &m, &[desc(HDR, 16, 0), desc(DATA, 512, 0)]),
+            (0xaa, 0)
+        );
         // A descriptor pointing outside guest memory.
-        let (st, _) = run(&mut b, &m, &req(512, VRING_DESC_F_WRITE).into_iter().enumerate()
-            .map(|(i, d)| if i == 1 { desc(0xffff_ff00_0000, 512, VRING_DESC_F_WRITE) } else { d }).collect::<Vec<_>>());
+        let (st, _) = run(
+            &mut b,
+            &m,
+            &req(512, VRING_DESC_F_WRITE)
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    if i == 1 {
+                        desc(0xffff_ff00_0000, 512, VRING_DESC_F_WRITE)
+                    } else {
+                        d
+                    }
+                })
+                .collect::<Vec<_>>(),
+        );
         assert_ne!(st, 0);
         // A chain that loops back on itself ends; the device moves on.
         let vq = MockSplitQueue::new(&m, 16);
         let looping = [
             RawDescriptor::from(SplitDescriptor::new(HDR, 16, VRING_DESC_F_NEXT as u16, 1)),
-            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16, 0)),
+            RawDescriptor::from(SplitDescriptor::new(
+                STATUS,
+                1,
+                (VRING_DESC_F_NEXT | VRING_DESC_F_WRITE) as u16,
+                0,
+            )),
         ];
         vq.add_desc_chains(&looping, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         b.process_queue(0, &mut q, &m);
         // Empty and zero-length requests too.
-        assert_eq!(run(&mut b, &m, &[desc(HDR, 0, 0), desc(STATUS, 0, VRING_DESC_F_WRITE)]).1, 0);
+        assert_eq!(
+            run(
+                &mut b,
+                &m,
+                &[desc(HDR, 0, 0), desc(STATUS, 0, VRING_DESC_F_WRITE)]
+            )
+            .1,
+            0
+        );
     }
 
     #[test]

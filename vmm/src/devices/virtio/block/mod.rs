@@ -1,6 +1,6 @@
 //! virtio-blk: the read-only rootfs and the read-write session disk.
 
-mod device;
+pub mod device;
 mod request;
 
 pub use device::Block;

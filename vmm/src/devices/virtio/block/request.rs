@@ -99,32 +99,40 @@ fn copy_out(b: &Backing, start: u64, r: &mut Reader) -> std::io::Result<()> {
 /// Serves one chain; returns the number of bytes written into it (for the
 /// used ring), status byte included.
 pub fn serve(chain: DescriptorChain<&GuestMemoryMmap>, mem: &GuestMemoryMmap, b: &Backing) -> u32 {
-    let (Ok(mut reader), Ok(mut writer)) = (Reader::new(mem, chain.clone()), Writer::new(mem, chain)) else {
+    let (Ok(mut reader), Ok(mut writer)) =
+        (Reader::new(mem, chain.clone()), Writer::new(mem, chain))
+    else {
         return 0;
     };
     let writable = writer.available_bytes();
     if writable == 0 {
         return 0; // nowhere to put a status
     }
-    let Ok(mut status_w) = writer.split_at(writable - 1) else { return 0 };
+    let Ok(mut status_w) = writer.split_at(writable - 1) else {
+        return 0;
+    };
     let (status, data) = match reader.read_obj::<Header>() {
         Err(_) => (Status::IoErr, 0),
         Ok(h) => match RequestType::from(u32::from_le(h.kind)) {
-            RequestType::In => match range(u64::from_le(h.sector), writer.available_bytes(), b.capacity) {
-                None => (Status::IoErr, 0),
-                Some(start) => match copy_in(b, start, &mut writer) {
-                    Ok(n) => (Status::Ok, n),
-                    Err(_) => (Status::IoErr, 0),
-                },
-            },
+            RequestType::In => {
+                match range(u64::from_le(h.sector), writer.available_bytes(), b.capacity) {
+                    None => (Status::IoErr, 0),
+                    Some(start) => match copy_in(b, start, &mut writer) {
+                        Ok(n) => (Status::Ok, n),
+                        Err(_) => (Status::IoErr, 0),
+                    },
+                }
+            }
             RequestType::Out if b.read_only => (Status::IoErr, 0),
-            RequestType::Out => match range(u64::from_le(h.sector), reader.available_bytes(), b.capacity) {
-                None => (Status::IoErr, 0),
-                Some(start) => match copy_out(b, start, &mut reader) {
-                    Ok(()) => (Status::Ok, 0),
-                    Err(_) => (Status::IoErr, 0),
-                },
-            },
+            RequestType::Out => {
+                match range(u64::from_le(h.sector), reader.available_bytes(), b.capacity) {
+                    None => (Status::IoErr, 0),
+                    Some(start) => match copy_out(b, start, &mut reader) {
+                        Ok(()) => (Status::Ok, 0),
+                        Err(_) => (Status::IoErr, 0),
+                    },
+                }
+            }
             RequestType::Flush if b.read_only => (Status::Ok, 0),
             RequestType::Flush => match b.file.sync_data() {
                 Ok(()) => (Status::Ok, 0),
