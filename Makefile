@@ -10,7 +10,7 @@ IMAGE_DIR ?=
 # The guest agent, statically linked (glibc crt-static; no musl toolchain needed).
 AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
-.PHONY: help build release agent image repro run test lint fmt bench install
+.PHONY: help build release agent image repro e2e-nested run test lint fmt bench install
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ image: release agent ## guest kernel + PROFILE rootfs + manifest (kernel cached 
 
 repro: release agent ## build kernel and rootfs twice from scratch and compare hashes
 	rootfs/repro.sh ./target/release/cowork-microvm $(AGENT)
+
+e2e-nested: release ## boot the guest with our VMM inside a QEMU-TCG machine with nested KVM
+	tests/nested/e2e-nested.sh ./target/release/cowork-microvm $(or $(IMAGE_DIR),$(COWORK_VM_IMAGE_DIR),$(HOME)/.local/share/cowork-microvm/images) target/nested.json
 
 run: release ## run CMD in a session on the auto-selected backend
 	./target/release/cowork-microvm run -- $(CMD)

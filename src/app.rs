@@ -59,13 +59,24 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
         home: settings.home.clone(),
         data: settings.data_dir.clone(),
     };
-    let isolation = match (sel.chosen, sel.usable) {
-        (Kind::Host, _) => Some(Isolation::Host),
-        (Kind::Bwrap, true) => bwrap_setup().map(Isolation::Bwrap),
+    let backend: Option<Arc<dyn Backend>> = match (sel.chosen, sel.usable) {
+        (Kind::Host, _) => Some(Arc::new(LocalBackend::new(
+            Isolation::Host,
+            dirs,
+            bus.clone(),
+        ))),
+        (Kind::Bwrap, true) => bwrap_setup().map(|s| {
+            Arc::new(LocalBackend::new(Isolation::Bwrap(s), dirs, bus.clone())) as Arc<dyn Backend>
+        }),
+        (Kind::Kvm, true) => Some(Arc::new(crate::kvm_backend::KvmBackend::new(
+            crate::config::image_dir(&settings.home),
+            settings.data_dir.join("vm"),
+            bus.clone(),
+        ))),
         _ => None,
     };
-    let backend: Arc<dyn Backend> = match isolation {
-        Some(iso) => Arc::new(LocalBackend::new(iso, dirs, bus.clone())),
+    let backend: Arc<dyn Backend> = match backend {
+        Some(b) => b,
         None => {
             let kind = sel.chosen;
             let reason = sel

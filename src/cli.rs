@@ -39,9 +39,23 @@ pub enum Command {
     },
     /// Measure spawn latency, output throughput and memory.
     Bench(BenchArgs),
+    /// Send one request to a running helper and print its result (JSON).
+    Call {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// e.g. isRunning, startVM, getSessionsDiskInfo
+        method: String,
+        /// The params object, as JSON.
+        #[arg(default_value = "{}")]
+        params: String,
+    },
     /// Build or verify the guest kernel and rootfs images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Boot the guest with the in-process VMM (for debugging and the
+    /// nested test harness).
+    #[command(subcommand)]
+    Vm(VmCommand),
     /// pid 1 inside a bwrap sandbox (internal).
     #[command(hide = true)]
     SandboxInit {
@@ -103,6 +117,46 @@ pub enum ImageCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCommand {
+    /// Boot the guest kernel and rootfs; its console goes to stdout.
+    Boot(VmBootArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VmBootArgs {
+    /// Guest kernel [default: vmlinux in the image directory].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Root filesystem image, attached read-only [default: the image
+    /// directory's minimal rootfs].
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// Another disk, read-write (repeatable).
+    #[arg(long = "disk")]
+    pub disks: Vec<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub mem_mib: u64,
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u8,
+    /// Stop the VM once the guest agent says it is ready.
+    #[arg(long)]
+    pub until_ready: bool,
+    /// Stop the VM after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Show the guest kernel's messages (drops `quiet`).
+    #[arg(long)]
+    pub verbose: bool,
+    /// Write the figures (boot timer, ready time, memory) here as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Boot the same guest with this QEMU (-M microvm, KVM) instead, for
+    /// side-by-side figures measured the same way.
+    #[arg(long, value_name = "QEMU_BINARY")]
+    pub qemu: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

@@ -205,3 +205,23 @@ impl EventStream {
         serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
+
+/// `cowork-microvm call`: one request on its own connection, the result
+/// printed as JSON; the helper's error on stderr and exit code 1.
+pub fn call_main(socket: &Path, method: &str, params: &str) -> anyhow::Result<i32> {
+    let params: Value =
+        serde_json::from_str(params).map_err(|e| anyhow::anyhow!("params are not JSON: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match rt.block_on(one_shot(socket, method, params)) {
+        Ok(v) => {
+            println!("{v}");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("cowork-microvm: {e}");
+            Ok(1)
+        }
+    }
+}

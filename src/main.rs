@@ -1,9 +1,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use cowork_microvm::cli::{normalize_args, Cli, Command};
+use cowork_microvm::cli::{normalize_args, Cli, Command, VmCommand};
 use cowork_microvm::config::{default_socket, Settings};
-use cowork_microvm::{app, bench, doctor, image, logging, run, server};
+use cowork_microvm::{app, bench, doctor, image, logging, run, server, vm_boot};
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -48,6 +48,16 @@ fn main() -> ExitCode {
         Command::Doctor { json } => Ok(doctor::main(json)),
         Command::Bench(args) => bench::main(args),
         Command::Image(cmd) => image::main(cmd),
+        Command::Call {
+            socket,
+            method,
+            params,
+        } => cowork_microvm::client::call_main(
+            &socket.unwrap_or_else(default_socket),
+            &method,
+            &params,
+        ),
+        Command::Vm(VmCommand::Boot(args)) => vm_boot::main(args),
         Command::SandboxInit {
             proxy,
             listen,

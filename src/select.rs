@@ -93,40 +93,50 @@ pub fn kvm_rw() -> Result<(), String> {
         .map_err(|e| format!("/dev/kvm is not read-write for you: {e}"))
 }
 
-pub fn probe_kvm() -> Probe {
-    let mut detail = match kvm_rw() {
-        Ok(()) => "/dev/kvm is read-write".to_string(),
-        Err(e) => {
-            return Probe {
-                backend: Kind::Kvm,
-                usable: false,
-                detail: e,
-                fix: Some("sudo usermod -aG kvm $USER   (then log in again)".into()),
-            }
-        }
-    };
+/// Why the kvm backend cannot run here, or `None` when it can: /dev/kvm
+/// read-write, real hardware virtualization (not PVM), and a guest image.
+pub fn kvm_unusable_reason() -> Option<String> {
+    if let Err(e) = kvm_rw() {
+        return Some(e);
+    }
     if kvm_is_pvm() {
-        detail.push_str(
-            ", but it is PVM-backed (kvm_pvm): a standard guest kernel cannot boot on it",
-        );
+        return Some("/dev/kvm is PVM-backed (the kvm_pvm module): a standard guest kernel cannot boot on it; use bwrap here".into());
     }
     let images = crate::config::image_dir(&crate::config::home_dir());
-    // Presence only: hashing the artifacts is doctor's job and the kvm
-    // backend's at start, not every helper start-up's.
+    // Presence only: hashing the artifacts is doctor's job and startVM's,
+    // not every helper start-up's.
     match cowork_rootfs::manifest::Manifest::load(&images) {
-        Ok(m) => detail.push_str(&format!(
-            "; guest image ({} profile) in {}",
-            m.profile,
+        Ok(m) if m.artifacts.contains_key("vmlinux") => None,
+        Ok(_) => Some(format!(
+            "the guest image in {} has no kernel; run make image",
             images.display()
         )),
-        Err(e) => detail.push_str(&format!("; guest image: {e}")),
+        Err(e) => Some(format!("guest image: {e}")),
     }
-    detail.push_str("; the kvm backend (in-process microVM) is not built into this version yet");
-    Probe {
-        backend: Kind::Kvm,
-        usable: false,
-        detail,
-        fix: None,
+}
+
+pub fn probe_kvm() -> Probe {
+    if let Err(e) = kvm_rw() {
+        return Probe {
+            backend: Kind::Kvm,
+            usable: false,
+            detail: e,
+            fix: Some("sudo usermod -aG kvm $USER   (then log in again)".into()),
+        };
+    }
+    match kvm_unusable_reason() {
+        None => Probe {
+            backend: Kind::Kvm,
+            usable: true,
+            detail: "/dev/kvm is read-write and a guest image is present (sessions in the VM are not supported yet: boot only)".into(),
+            fix: None,
+        },
+        Some(reason) => Probe {
+            backend: Kind::Kvm,
+            usable: false,
+            fix: (!kvm_is_pvm()).then(|| "make image   (builds the guest kernel and rootfs)".to_string()),
+            detail: reason,
+        },
     }
 }
 

@@ -215,3 +215,15 @@ fn kernel_and_rootfs_boot_to_the_agent_under_qemu() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn guest_and_vmm_agree_on_the_boot_timer() {
+    assert_eq!(
+        cowork_guest::wire::BOOT_TIMER_PORT,
+        cowork_vmm::layout::BOOT_TIMER_PORT
+    );
+    assert_eq!(
+        cowork_guest::wire::BOOT_TIMER_MAGIC,
+        cowork_vmm::layout::BOOT_TIMER_MAGIC
+    );
+}

@@ -108,6 +108,7 @@ fn main() {
     };
     let pid1 = std::process::id() == 1;
     if pid1 {
+        init::signal_boot_timer();
         for p in init::early_init() {
             eprintln!("cowork-guest: {p}");
         }

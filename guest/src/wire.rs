@@ -15,6 +15,10 @@ pub const AGENT_PORT: u32 = 1024;
 pub const EGRESS_PORT: u32 = 1025;
 /// The guest's end of the egress proxy: HTTP(S)_PROXY points here.
 pub const EGRESS_LISTEN: &str = "127.0.0.1:3128";
+/// The VMM's boot timer: init writes the magic byte to this port when it
+/// starts (vmm/src/layout.rs has the VMM's side; a test checks they agree).
+pub const BOOT_TIMER_PORT: u16 = 0x4f0;
+pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// Largest frame either side accepts (header and payload).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 /// Largest header.

@@ -1,0 +1,60 @@
+//! The nested end-to-end harness (tests/nested/e2e-nested.sh): an outer
+//! machine under QEMU-TCG with emulated SVM loads Debian's kvm modules, and
+//! inside it the helper boots this project's kernel and minimal rootfs with
+//! its own VMM (then QEMU boots the same guest, for comparison), and the
+//! helper protocol's startVM/isRunning/stopVM run against the kvm backend.
+//! Needs the image (`make image`, COWORK_VM_IMAGE_DIR) and qemu-system-x86.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
+    let Some(images) = std::env::var_os("COWORK_VM_IMAGE_DIR")
+        .map(PathBuf::from)
+        .filter(|d| d.join("manifest.json").is_file())
+    else {
+        eprintln!(
+            "SKIP nested harness: no guest image; run `make image` and set COWORK_VM_IMAGE_DIR"
+        );
+        return;
+    };
+    let have = |t: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if !have("qemu-system-x86_64") || !have("cpio") {
+        eprintln!("SKIP nested harness: needs qemu-system-x86 and cpio");
+        return;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/nested/e2e-nested.sh");
+    let tmp = tempfile::tempdir().unwrap();
+    let result = tmp.path().join("result.json");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_cowork-microvm"))
+        .arg(&images)
+        .arg(&result)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "harness failed:\n{stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
+    eprintln!("nested (emulated timings): {r}");
+    assert_eq!(r["vmm"]["ready"], true, "the agent started under our VMM");
+    assert!(
+        r["vmm"]["bootTimerMs"].as_f64().is_some(),
+        "the boot timer fired: {r}"
+    );
+    assert_eq!(
+        r["protocol"]["startVM"], "{}",
+        "startVM on the kvm backend: {r}"
+    );
+    assert_eq!(r["protocol"]["isRunning"], r#"{"running":true}"#);
+    assert_eq!(r["protocol"]["isRunningAfterStop"], r#"{"running":false}"#);
+}

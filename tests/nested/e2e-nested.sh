@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The nested end-to-end harness (kvm-on-these-machines.md): an outer
+# machine under QEMU-TCG with an emulated SVM CPU boots Debian's
+# linux-image-cloud-amd64 kernel, loads irqbypass, kvm and kvm-amd from the
+# same package, and inside it this project's helper boots the guest kernel
+# and minimal rootfs with its own VMM, then QEMU (-M microvm, KVM) boots the
+# same guest for comparison. Timings are emulated: compare them as ratios.
+#
+#   tests/nested/e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]
+#
+# Prints NESTED-RESULT lines and exits 0 when the agent came up under our VMM.
+set -euo pipefail
+
+helper=$(realpath "${1:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
+images=$(realpath "${2:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
+result=${3:-}
+cache=${COWORK_VM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cowork-microvm}/outer
+for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb; do
+    command -v "$tool" >/dev/null || { echo "e2e-nested: $tool is missing (sudo apt-get install qemu-system-x86 cpio apt)" >&2; exit 2; }
+done
+[ -x /bin/busybox ] || { echo "e2e-nested: /bin/busybox is missing (sudo apt-get install busybox-static)" >&2; exit 2; }
+for f in vmlinux rootfs-minimal.ext4; do
+    [ -f "$images/$f" ] || { echo "e2e-nested: $images/$f is missing (make image)" >&2; exit 2; }
+done
+
+# The outer kernel: whatever linux-image-cloud-amd64 points at today (the
+# archive keeps only the newest build); apt-get download checks it against
+# the signed index. The version and sha256 are recorded in the result.
+dep=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$dep" ] || { echo "e2e-nested: cannot resolve linux-image-cloud-amd64 (run apt-get update)" >&2; exit 2; }
+version=$(apt-cache policy "$dep" | awk '/Candidate:/{print $2}')
+mkdir -p "$cache"
+deb=$(ls "$cache/${dep}_"*.deb 2>/dev/null | head -n1 || true)
+if [ -z "$deb" ]; then
+    (cd "$cache" && apt-get download "$dep" >/dev/null 2>&1)
+    deb=$(ls "$cache/${dep}_"*.deb | head -n1)
+fi
+deb_sha=$(sha256sum "$deb" | cut -d' ' -f1)
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/cowork-nested.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+dpkg-deb -x "$deb" "$work/outer"
+vmlinuz=$(ls "$work"/outer/boot/vmlinuz-*)
+kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
+
+# The outer machine's initramfs.
+root=$work/initramfs
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,guest,lib/cowork,usr/share/qemu}
+cp /bin/busybox "$root/bin/busybox"
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls; do ln -s busybox "$root/bin/$app"; done
+cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
+cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
+copy_with_libs() {
+    local bin=$1 dest=$2
+    mkdir -p "$root$(dirname "$dest")"
+    cp "$bin" "$root$dest"
+    ldd "$bin" | grep -o '/[^ ]*' | while read -r lib; do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+copy_with_libs "$helper" /bin/cowork-microvm
+qemu_inner=""
+if [ -f /usr/share/qemu/bios-microvm.bin ]; then
+    copy_with_libs "$(command -v qemu-system-x86_64)" /bin/qemu-system-x86_64
+    cp /usr/share/qemu/bios-microvm.bin "$root/usr/share/qemu/"
+    qemu_inner=1
+fi
+cat > "$root/init" <<INIT
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+for m in irqbypass kvm kvm-amd; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
+if [ -c /dev/kvm ]; then echo "NESTED: /dev/kvm ready"; else echo "NESTED-ERROR no /dev/kvm"; fi
+HOME=/tmp /bin/cowork-microvm vm boot --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/vmm.json
+echo "NESTED-RESULT vmm \$(cat /tmp/vmm.json)"
+if [ -n "$qemu_inner" ]; then
+    HOME=/tmp /bin/cowork-microvm vm boot --qemu /bin/qemu-system-x86_64 --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/qemu.json
+    echo "NESTED-RESULT qemu \$(cat /tmp/qemu.json)"
+fi
+# The helper protocol against the kvm backend, as the app drives it.
+export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
+/bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
+call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
+echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25}')"
+echo "NESTED-PROTO isRunning \$(call isRunning)"
+echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
+echo "NESTED-PROTO stopVM \$(call stopVM)"
+echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
+echo NESTED-DONE
+poweroff -f
+INIT
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd.gz"
+
+echo "e2e-nested: outer kernel $dep $version (sha256 $deb_sha); booting under QEMU-TCG" >&2
+log=$work/console.log
+timeout 900 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
+    -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
+grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
+vmm=$(sed -n 's/^NESTED-RESULT vmm //p' "$log" | tr -d '\r')
+qemu=$(sed -n 's/^NESTED-RESULT qemu //p' "$log" | tr -d '\r')
+proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\"}}"
+echo "$summary"
+[ -n "$result" ] && echo "$summary" > "$result"
+case "$vmm" in *'"ready":true'*) exit 0;; *) tail -40 "$log" >&2; exit 1;; esac
