@@ -61,9 +61,13 @@ copy_with_libs() {
 }
 copy_with_libs "$helper" /bin/cowork-microvm
 qemu_inner=""
-if [ -f /usr/share/qemu/bios-microvm.bin ]; then
-    copy_with_libs "$(command -v qemu-system-x86_64)" /bin/qemu-system-x86_64
-    cp /usr/share/qemu/bios-microvm.bin "$root/usr/share/qemu/"
+if [ -f /usr/share/qemu/qboot.rom ]; then
+    # At /usr/bin: QEMU finds its data relative to its own path.
+    copy_with_libs "$(command -v qemu-system-x86_64)" /usr/bin/qemu-system-x86_64
+    # microvm's firmware and the PVH option ROM it loads -kernel with.
+    for rom in qboot.rom bios-microvm.bin pvh.bin linuxboot_dma.bin; do
+        [ -e "/usr/share/qemu/$rom" ] && cp -L "/usr/share/qemu/$rom" "$root/usr/share/qemu/"
+    done
     qemu_inner=1
 fi
 cat > "$root/init" <<INIT
@@ -75,10 +79,10 @@ mount -t tmpfs tmp /tmp
 for m in irqbypass kvm kvm-amd; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
 if [ -c /dev/kvm ]; then echo "NESTED: /dev/kvm ready"; else echo "NESTED-ERROR no /dev/kvm"; fi
 HOME=/tmp /bin/cowork-microvm vm boot --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/vmm.json
-echo "NESTED-RESULT vmm \$(cat /tmp/vmm.json)"
+echo; echo "NESTED-RESULT vmm \$(cat /tmp/vmm.json)"
 if [ -n "$qemu_inner" ]; then
-    HOME=/tmp /bin/cowork-microvm vm boot --qemu /bin/qemu-system-x86_64 --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/qemu.json
-    echo "NESTED-RESULT qemu \$(cat /tmp/qemu.json)"
+    HOME=/tmp /bin/cowork-microvm vm boot --qemu /usr/bin/qemu-system-x86_64 --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/qemu.json
+    echo; echo "NESTED-RESULT qemu \$(cat /tmp/qemu.json)"
 fi
 # The helper protocol against the kvm backend, as the app drives it.
 export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
@@ -101,10 +105,13 @@ log=$work/console.log
 timeout 900 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
     -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
 grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
-vmm=$(sed -n 's/^NESTED-RESULT vmm //p' "$log" | tr -d '\r')
-qemu=$(sed -n 's/^NESTED-RESULT qemu //p' "$log" | tr -d '\r')
+vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
+qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\"}}"
 echo "$summary"
-[ -n "$result" ] && echo "$summary" > "$result"
+if [ -n "$result" ]; then
+    echo "$summary" > "$result"
+    cp "$log" "${result%.json}.console.log"
+fi
 case "$vmm" in *'"ready":true'*) exit 0;; *) tail -40 "$log" >&2; exit 1;; esac
