@@ -15,6 +15,7 @@ use cowork_vmm::devices::ExitReason;
 use cowork_vmm::{Boot, DiskConfig, Vm};
 use nix::sys::signal::Signal;
 
+use crate::unavailable::UnavailableBackend;
 use crate::vm_boot::GUEST_CMDLINE;
 
 /// startVM fails if the guest's init has not started by then: well before
@@ -30,6 +31,7 @@ pub struct KvmBackend {
     data: PathBuf,
     bus: EventBus,
     state: Mutex<State>,
+    sessions: UnavailableBackend,
 }
 
 #[derive(Default)]
@@ -62,20 +64,18 @@ impl Write for Console {
     }
 }
 
-fn not_yet() -> BackendError {
-    BackendError::Unavailable {
-        backend: "kvm".into(),
-        reason: "sessions in the VM need the virtio-vsock agent channel, which this version does not have yet; use the bwrap backend".into(),
-    }
-}
-
 impl KvmBackend {
     pub fn new(images: PathBuf, data: PathBuf, bus: EventBus) -> Self {
+        let sessions = UnavailableBackend {
+            name: "kvm",
+            reason: "sessions in the VM need the virtio-vsock agent channel, which this version does not have yet; use the bwrap backend".into(),
+        };
         Self {
             images,
             data,
             bus,
             state: Mutex::default(),
+            sessions,
         }
     }
 
@@ -250,43 +250,45 @@ impl Backend for KvmBackend {
         false
     }
 
-    async fn spawn(&self, _: SpawnRequest) -> Result<SpawnResult> {
-        Err(not_yet())
+    // Sessions need the agent channel: until then the same answers as an
+    // unavailable backend, with the reason.
+    async fn spawn(&self, r: SpawnRequest) -> Result<SpawnResult> {
+        self.sessions.spawn(r).await
     }
-    async fn kill(&self, id: &str, _: Signal) -> Result<()> {
-        Err(BackendError::NoSuchProcess(id.into()))
+    async fn kill(&self, id: &str, sig: Signal) -> Result<()> {
+        self.sessions.kill(id, sig).await
     }
-    async fn write_stdin(&self, id: &str, _: String, _: bool) -> Result<()> {
-        Err(BackendError::NoSuchProcess(id.into()))
+    async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
+        self.sessions.write_stdin(id, data, eof).await
     }
     fn process_status(&self, id: &str) -> Result<ProcessStatus> {
-        Err(BackendError::NoSuchProcess(id.into()))
+        self.sessions.process_status(id)
     }
-    async fn read_file(&self, _: &str, _: &str) -> Result<String> {
-        Err(not_yet())
+    async fn read_file(&self, session: &str, path: &str) -> Result<String> {
+        self.sessions.read_file(session, path).await
     }
-    async fn mount_path(&self, _: MountPathRequest) -> Result<MountPathResult> {
-        Err(not_yet())
+    async fn mount_path(&self, r: MountPathRequest) -> Result<MountPathResult> {
+        self.sessions.mount_path(r).await
     }
-    async fn install_sdk(&self, _: &str, _: &str) -> Result<()> {
-        Err(not_yet())
+    async fn install_sdk(&self, sub: &str, version: &str) -> Result<()> {
+        self.sessions.install_sdk(sub, version).await
     }
     fn add_oauth_token(&self, _: String) {}
-    async fn sessions_disk_info(&self, _: u64) -> Result<DiskInfo> {
-        Err(not_yet())
+    async fn sessions_disk_info(&self, low: u64) -> Result<DiskInfo> {
+        self.sessions.sessions_disk_info(low).await
     }
-    async fn delete_session_dirs(&self, _: Vec<String>) -> Result<DeleteResult> {
-        Err(not_yet())
+    async fn delete_session_dirs(&self, names: Vec<String>) -> Result<DeleteResult> {
+        self.sessions.delete_session_dirs(names).await
     }
-    async fn prune_session_caches(&self, _: PruneRequest) -> Result<PruneResult> {
-        Err(not_yet())
+    async fn prune_session_caches(&self, r: PruneRequest) -> Result<PruneResult> {
+        self.sessions.prune_session_caches(r).await
     }
     async fn send_guest_response(
         &self,
         id: &str,
-        _: Option<String>,
-        _: Option<String>,
+        result: Option<String>,
+        error: Option<String>,
     ) -> Result<()> {
-        Err(BackendError::NoPendingRequest(id.into()))
+        self.sessions.send_guest_response(id, result, error).await
     }
 }

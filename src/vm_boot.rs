@@ -217,7 +217,11 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
     let rss = rss_kib().unwrap_or(0);
     let guest_kib = vm.guest_resident_bytes() / 1024;
     let boot_timer = vm.boot_timer().elapsed();
-    let exits = vm.exits();
+    let exits = {
+        use std::sync::atomic::Ordering::Relaxed;
+        let e = vm.exits();
+        json!({"total": e.total.load(Relaxed), "pio": e.pio.load(Relaxed), "serial": e.serial.load(Relaxed), "mmio": e.mmio.load(Relaxed)})
+    };
     vm.stop();
     let reason = vm.wait(None).context("the VM failed")?;
     let ready_ms = console

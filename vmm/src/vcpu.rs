@@ -32,7 +32,17 @@ pub struct Vcpu {
     pub mmio: Bus,
     pub exit: VmExit,
     /// Exits handled, for figures and tests.
-    pub exits: Arc<AtomicU64>,
+    pub exits: Arc<ExitCounts>,
+}
+
+/// Exits by kind: where a guest's time in the VMM goes.
+#[derive(Default, Debug)]
+pub struct ExitCounts {
+    pub total: AtomicU64,
+    pub pio: AtomicU64,
+    pub mmio: AtomicU64,
+    /// Port I/O to the serial port alone (console output costs exits).
+    pub serial: AtomicU64,
 }
 
 impl Vcpu {
@@ -43,7 +53,19 @@ impl Vcpu {
                 return Ok(());
             }
             let result = self.fd.run();
-            self.exits.fetch_add(1, Ordering::Relaxed);
+            self.exits.total.fetch_add(1, Ordering::Relaxed);
+            match &result {
+                Ok(VcpuExit::IoIn(port, _)) | Ok(VcpuExit::IoOut(port, _)) => {
+                    self.exits.pio.fetch_add(1, Ordering::Relaxed);
+                    if (crate::layout::SERIAL_PORT..crate::layout::SERIAL_PORT + 8).contains(port) {
+                        self.exits.serial.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(VcpuExit::MmioRead(..)) | Ok(VcpuExit::MmioWrite(..)) => {
+                    self.exits.mmio.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
             match result {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if !self.pio.read(port as u64, data) {

@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::memory;
-use crate::vcpu::{install_kick_handler, kick_signal, Vcpu};
+use crate::vcpu::{install_kick_handler, kick_signal, ExitCounts, Vcpu};
 
 pub const MAX_VCPUS: u8 = 32;
 
@@ -90,7 +89,7 @@ pub struct Vm {
     threads: Vec<JoinHandle<Result<(), String>>>,
     exit: VmExit,
     boot_timer: BootTimer,
-    exits: Arc<AtomicU64>,
+    exits: Arc<ExitCounts>,
     started: Instant,
 }
 
@@ -229,7 +228,7 @@ impl Vm {
         let entry = load(&cfg.boot, &mem, &mmio_args)?;
 
         install_kick_handler();
-        let exits = Arc::new(AtomicU64::new(0));
+        let exits = Arc::new(ExitCounts::default());
         let mut threads = Vec::new();
         for id in 0..cfg.vcpus {
             let fd = setup("create vCPU", vm.create_vcpu(id as u64))?;
@@ -280,8 +279,8 @@ impl Vm {
         self.boot_timer.clone()
     }
 
-    pub fn exits(&self) -> u64 {
-        self.exits.load(std::sync::atomic::Ordering::Relaxed)
+    pub fn exits(&self) -> &ExitCounts {
+        &self.exits
     }
 
     pub fn started(&self) -> Instant {
