@@ -148,8 +148,11 @@ impl Backend for KvmBackend {
                 .unwrap_or(DEFAULT_MEM_MIB);
             (mem, req.cpu_count.or(st.cpus).unwrap_or(1))
         };
-        let cpus = u8::try_from(cpus)
-            .map_err(|_| BackendError::invalid("cpuCount", format!("{cpus} is too many")))?;
+        let max = cowork_vmm::vm::MAX_VCPUS;
+        if cpus > u32::from(max) {
+            tracing::warn!("cpuCount {cpus} asked for; the VM gets {max} (no SMP yet)");
+        }
+        let cpus = u8::try_from(cpus).unwrap_or(u8::MAX).clamp(1, max);
         cowork_backend::session_data::create_private_dir(&self.data)?;
         let log = self.data.join("console.log");
         let console = Console {

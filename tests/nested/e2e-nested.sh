@@ -78,7 +78,7 @@ mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 for m in irqbypass kvm kvm-amd; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
 if [ -c /dev/kvm ]; then echo "NESTED: /dev/kvm ready"; else echo "NESTED-ERROR no /dev/kvm"; fi
-HOME=/tmp /bin/cowork-microvm vm boot --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/vmm.json
+HOME=/tmp /bin/cowork-microvm vm boot ${VM_BOOT_FLAGS:-} --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/vmm.json
 echo; echo "NESTED-RESULT vmm \$(cat /tmp/vmm.json)"
 if [ -n "$qemu_inner" ]; then
     HOME=/tmp /bin/cowork-microvm vm boot --qemu /usr/bin/qemu-system-x86_64 --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/qemu.json

@@ -28,7 +28,9 @@ use crate::layout::*;
 use crate::memory;
 use crate::vcpu::{install_kick_handler, kick_signal, ExitCounts, Vcpu};
 
-pub const MAX_VCPUS: u8 = 32;
+/// One until the VMM writes an MP table: without one (and with no ACPI)
+/// a PVH guest finds no other CPU, so extra vCPUs would only idle.
+pub const MAX_VCPUS: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -44,7 +46,7 @@ pub enum VmError {
     KernelLoad(PathBuf, String),
     #[error("the guest kernel {0} has no PVH entry note (build it with CONFIG_PVH=y)")]
     NoPvh(PathBuf),
-    #[error("{0} vCPUs asked for; 1..={MAX_VCPUS} are supported")]
+    #[error("{0} vCPUs asked for; this VMM supports {MAX_VCPUS} so far (an SMP guest needs an MP table, which it does not write yet)")]
     Vcpus(u8),
     #[error("kernel command line: {0}")]
     Cmdline(String),
@@ -205,23 +207,25 @@ impl Vm {
             Arc::new(Mutex::new(boot_timer.clone())),
         )?;
 
+        // virtio devices: the disks in order (vda, vdb, ...), then the rng.
+        let mut devices: Vec<Box<dyn crate::devices::virtio::VirtioDevice>> = Vec::new();
+        for disk in &cfg.disks {
+            devices.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.id)?));
+        }
+        devices.push(Box::new(crate::devices::virtio::rng::Rng));
         let mut mmio_args = String::new();
-        for (i, disk) in cfg.disks.iter().enumerate() {
+        for (i, dev) in devices.into_iter().enumerate() {
             let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
             let irq = VIRTIO_IRQ_START + i as u32;
             let evt =
                 EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Other(e.to_string()))?;
             setup("virtio irqfd", vm.register_irqfd(&evt, irq))?;
-            let dev = Block::open(&disk.path, disk.read_only, &disk.id)?;
+            let transport = MmioTransport::new(dev, mem.clone(), evt);
             insert(
                 &mut mmio,
                 base,
                 VIRTIO_MMIO_SIZE,
-                Arc::new(Mutex::new(MmioTransport::new(
-                    Box::new(dev),
-                    mem.clone(),
-                    evt,
-                ))),
+                Arc::new(Mutex::new(transport)),
             )?;
             mmio_args.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         }

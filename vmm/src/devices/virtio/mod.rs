@@ -4,6 +4,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod rng;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
