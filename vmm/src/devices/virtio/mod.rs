@@ -6,7 +6,7 @@ pub mod block;
 pub mod mmio;
 pub mod rng;
 
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -29,4 +29,28 @@ pub trait VirtioDevice: Send {
     /// Processes what the driver made available on queue `index`; true
     /// when the driver should be interrupted.
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+}
+
+/// Serves what the driver made available on `queue`, one chain at a time
+/// (`serve` returns the bytes it wrote into the chain), at most one pass
+/// over the ring so a guest that keeps refilling it cannot hold the vCPU;
+/// true when the driver should be interrupted.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut serve: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    let mut used_any = false;
+    for _ in 0..queue.size() {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
+        let head = chain.head_index();
+        let len = serve(chain);
+        if queue.add_used(mem, head, len).is_err() {
+            break;
+        }
+        used_any = true;
+    }
+    used_any && queue.needs_notification(mem).unwrap_or(true)
 }

@@ -3,7 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::request::{serve, Backing};
@@ -98,21 +98,7 @@ impl VirtioDevice for Block {
             read_only: self.read_only,
             id: &self.id,
         };
-        let mut used_any = false;
-        // At most one pass over the ring: a guest that keeps refilling it
-        // cannot keep the vCPU here for ever.
-        for _ in 0..queue.size() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = serve(chain, mem, &backing);
-            if queue.add_used(mem, head, len).is_err() {
-                break;
-            }
-            used_any = true;
-        }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+        crate::devices::virtio::drain_queue(queue, mem, |chain| serve(chain, mem, &backing))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use virtio_queue::{Queue, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::VirtioDevice;
@@ -48,29 +48,17 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used_any = false;
-        for _ in 0..queue.size() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
-            let head = chain.head_index();
-            let len = match Writer::new(mem, chain) {
-                Ok(mut w) => {
-                    let mut buf = vec![0u8; w.available_bytes().min(MAX_REQUEST)];
-                    if fill(&mut buf) && w.write_all(&buf).is_ok() {
-                        buf.len() as u32
-                    } else {
-                        0
-                    }
+        super::drain_queue(queue, mem, |chain| match Writer::new(mem, chain) {
+            Ok(mut w) => {
+                let mut buf = vec![0u8; w.available_bytes().min(MAX_REQUEST)];
+                if fill(&mut buf) && w.write_all(&buf).is_ok() {
+                    buf.len() as u32
+                } else {
+                    0
                 }
-                Err(_) => 0,
-            };
-            if queue.add_used(mem, head, len).is_err() {
-                break;
             }
-            used_any = true;
-        }
-        used_any && queue.needs_notification(mem).unwrap_or(true)
+            Err(_) => 0,
+        })
     }
 }
 
