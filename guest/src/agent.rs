@@ -64,6 +64,17 @@ async fn send(out: &Out, msg: &GuestMsg, payload: &[u8]) {
     }
 }
 
+async fn send_error(out: &Out, message: impl Into<String>) {
+    send(
+        out,
+        &GuestMsg::Error {
+            message: message.into(),
+        },
+        &[],
+    )
+    .await;
+}
+
 struct Proc {
     pgid: Pid,
     stdin: Option<mpsc::Sender<Vec<u8>>>,
@@ -110,14 +121,7 @@ where
             Ok(Some(Ok(b))) => b,
             Ok(Some(Err(e))) => {
                 // The stream's framing can no longer be trusted.
-                send(
-                    &out,
-                    &GuestMsg::Error {
-                        message: e.to_string(),
-                    },
-                    &[],
-                )
-                .await;
+                send_error(&out, e.to_string()).await;
                 break End::Disconnected;
             }
             Ok(None) | Err(_) => break End::Disconnected,
@@ -125,14 +129,7 @@ where
         let (msg, payload) = match wire::decode::<HostMsg>(&body) {
             Ok(m) => m,
             Err(e) => {
-                send(
-                    &out,
-                    &GuestMsg::Error {
-                        message: e.to_string(),
-                    },
-                    &[],
-                )
-                .await;
+                send_error(&out, e.to_string()).await;
                 continue;
             }
         };
@@ -169,16 +166,7 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 Some(tx) => {
                     let _ = tx.send(payload.to_vec()).await;
                 }
-                None => {
-                    send(
-                        out,
-                        &GuestMsg::Error {
-                            message: format!("stdin of {id:?}: no such running process"),
-                        },
-                        &[],
-                    )
-                    .await
-                }
+                None => send_error(out, format!("stdin of {id:?}: no such running process")).await,
             }
         }
         HostMsg::CloseStdin { id } => {
@@ -194,7 +182,7 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 (_, Err(_)) => Err(format!("bad signal {signal}")),
             };
             if let Err(message) = result {
-                send(out, &GuestMsg::Error { message }, &[]).await;
+                send_error(out, message).await;
             }
         }
         HostMsg::ReadFile { req, path, limit } => {
