@@ -141,24 +141,19 @@ impl LocalBackend {
     /// The host file readFile may read: inside the home directory or one of
     /// the session's shares, after symlinks.
     fn readable_path(&self, session: &str, path: &str) -> Result<PathBuf> {
-        let st = self.lock();
-        let empty = Vec::new();
-        let mounts = st
+        // Copied out so the path resolution below (file system I/O) runs
+        // without the state lock.
+        let mounts = self
+            .lock()
             .sessions
             .get(session)
-            .map(|s| &s.mounts)
-            .unwrap_or(&empty);
-        let dir = self
-            .dirs
-            .data
-            .join("profiles")
-            .join(&st.profile)
-            .join("sessions")
-            .join(session);
+            .map(|s| s.mounts.clone())
+            .unwrap_or_default();
+        let dir = self.store().dir(session)?;
         let sp = SessionPaths {
             name: session,
             dir: &dir,
-            mounts,
+            mounts: &mounts,
         };
         let host = match sp.translate(path)? {
             Some(p) => p,
