@@ -167,6 +167,7 @@ impl Backend for KvmBackend {
             },
             mem_mib,
             vcpus: cpus,
+            vsock: None,
             disks: vec![DiskConfig {
                 path: self.images.join(rootfs),
                 read_only: true,

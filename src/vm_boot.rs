@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cowork_vmm::devices::ExitReason;
-use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig};
+use cowork_guest::wire::{self, GuestMsg, HostMsg};
+use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig, VsockConfig};
 use serde_json::json;
 
 use crate::cli::VmBootArgs;
@@ -153,6 +154,40 @@ fn boot_qemu(
     finish(args, result, ready_ms.is_some())
 }
 
+/// The agent's channel as `vm boot` uses it: when its hello arrived over
+/// vsock, and the stream to ask it to shut down with.
+#[derive(Clone, Default)]
+struct AgentSeen(Arc<Mutex<Option<(Instant, std::os::unix::net::UnixStream)>>>);
+
+fn read_guest_msg(s: &mut impl std::io::Read) -> Result<GuestMsg> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let n = wire::check_len(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body)?;
+    Ok(wire::decode::<GuestMsg>(&body)?.0)
+}
+
+/// Listens where the guest's connections to the agent port land and
+/// records the hello (a blocking accept: this is a one-shot command).
+fn watch_agent(uds: &std::path::Path) -> Result<AgentSeen> {
+    let path = cowork_vmm::devices::virtio::vsock::host_port_path(uds, wire::AGENT_PORT);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    let seen = AgentSeen::default();
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        if let Ok(GuestMsg::Hello { .. }) = read_guest_msg(&mut s) {
+            *out.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), s));
+        }
+    });
+    Ok(seen)
+}
+
 pub fn main(args: VmBootArgs) -> Result<i32> {
     let images = image_dir(&home_dir());
     let kernel = args
@@ -188,6 +223,12 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         ready_at: Arc::default(),
         tail: Arc::default(),
     };
+    let vsock_dir = tempfile::Builder::new()
+        .prefix("cowork-vm-boot")
+        .tempdir()
+        .context("cannot create the vsock directory")?;
+    let uds = vsock_dir.path().join("v.sock");
+    let agent = watch_agent(&uds)?;
     let rss_before = rss_kib().unwrap_or(0);
     let vm = Vm::start(VmConfig {
         boot: Boot::Kernel {
@@ -197,15 +238,27 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         mem_mib: args.mem_mib,
         vcpus: args.cpus,
         disks,
+        vsock: Some(VsockConfig {
+            cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
+            uds,
+        }),
         console: Box::new(console.clone()),
     })
     .context("cannot start the VM")?;
+    let agent_at = || {
+        agent
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(t, _)| *t)
+    };
     let started = vm.started();
     let exit = vm.exit_handle();
     let deadline = started + Duration::from_secs(args.timeout);
     let mut timed_out = false;
     while exit.reason() == ExitReason::Running {
-        if args.until_ready && console.ready.load(Ordering::Relaxed) {
+        if args.until_ready && console.ready.load(Ordering::Relaxed) && agent_at().is_some() {
             break;
         }
         if Instant::now() >= deadline {
@@ -222,8 +275,25 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         let e = vm.exits();
         json!({"total": e.total.load(Relaxed), "pio": e.pio.load(Relaxed), "serial": e.serial.load(Relaxed), "mmio": e.mmio.load(Relaxed)})
     };
-    vm.stop();
-    let reason = vm.wait(None).context("the VM failed")?;
+    // A clean end: the agent is asked to shut down (the guest reboots,
+    // which ends the VM); a stop if it cannot be asked or does not.
+    let agent_hello = agent_at();
+    let asked = agent
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .is_some_and(|(_, s)| {
+            wire::encode(&HostMsg::Shutdown, &[])
+                .ok()
+                .is_some_and(|f| s.write_all(&f).is_ok())
+        });
+    let shutdown_from = Instant::now();
+    let reason = vm
+        .wait(asked.then_some(Duration::from_secs(10)).or(Some(Duration::ZERO)))
+        .context("the VM failed")?;
+    let shutdown_ms = (asked && reason == ExitReason::Reset)
+        .then(|| shutdown_from.elapsed().as_secs_f64() * 1e3);
     let ready_ms = console
         .ready_at
         .lock()
@@ -234,6 +304,9 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         "ready": ready_ms.is_some(),
         "readyMs": ready_ms,
         "bootTimerMs": boot_timer.map(|d| d.as_secs_f64() * 1e3),
+        "agentConnected": agent_hello.is_some(),
+        "agentHelloMs": agent_hello.map(|t| (t - started).as_secs_f64() * 1e3),
+        "agentShutdownMs": shutdown_ms,
         "exitReason": format!("{reason:?}"),
         "timedOut": timed_out,
         "exits": exits,

@@ -2,7 +2,10 @@
 //! ([`init`], [`agent`], [`forward`]) and the host<->guest wire types
 //! ([`wire`]), which the host side imports too.
 
+#[cfg(feature = "agent")]
 pub mod agent;
+#[cfg(feature = "agent")]
 pub mod forward;
+#[cfg(feature = "agent")]
 pub mod init;
 pub mod wire;

@@ -1,7 +1,8 @@
 //! The in-process microVM of cowork-microvm, on rust-vmm crates
 //! (kvm-ioctls, vm-memory, linux-loader, vm-superio, virtio-queue): KVM,
 //! guest memory, the guest kernel through its PVH entry, an 8250 console,
-//! i8042 reset, a boot timer, and virtio-blk on virtio-mmio.
+//! i8042 reset, a boot timer, and virtio-blk, virtio-rng and virtio-vsock
+//! on virtio-mmio, served by a device thread woken through ioeventfds.
 
 pub mod arch;
 pub mod devices;
@@ -10,4 +11,4 @@ pub mod memory;
 pub mod vcpu;
 pub mod vm;
 
-pub use vm::{Boot, DiskConfig, Vm, VmConfig, VmError};
+pub use vm::{Boot, DiskConfig, Vm, VmConfig, VmError, VsockConfig};

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -22,7 +22,9 @@ use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::event_loop::{EventLoop, Source};
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::memory;
@@ -50,6 +52,8 @@ pub enum VmError {
     Vcpus(u8),
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    #[error("vsock at {0}: {1}")]
+    Vsock(PathBuf, std::io::Error),
     #[error(transparent)]
     Disk(#[from] crate::devices::virtio::block::device::BlockError),
     #[error("{0}")]
@@ -76,17 +80,26 @@ pub enum Boot {
     },
 }
 
+/// The guest's vsock: its CID, and the Unix socket its host side is
+/// bridged through (see `devices::virtio::vsock`).
+pub struct VsockConfig {
+    pub cid: u64,
+    pub uds: PathBuf,
+}
+
 pub struct VmConfig {
     pub boot: Boot,
     pub mem_mib: u64,
     pub vcpus: u8,
     pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
 }
 
 pub struct Vm {
     _vm: VmFd,
+    devices: EventLoop,
     _mem: GuestMemoryMmap,
     threads: Vec<JoinHandle<Result<(), String>>>,
     exit: VmExit,
@@ -207,28 +220,52 @@ impl Vm {
             Arc::new(Mutex::new(boot_timer.clone())),
         )?;
 
-        // virtio devices: the disks in order (vda, vdb, ...), then the rng.
+        // virtio devices: the disks in order (vda, vdb, ...), the rng, vsock.
         let mut devices: Vec<Box<dyn crate::devices::virtio::VirtioDevice>> = Vec::new();
         for disk in &cfg.disks {
             devices.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.id)?));
         }
         devices.push(Box::new(crate::devices::virtio::rng::Rng));
+        if let Some(v) = &cfg.vsock {
+            devices.push(Box::new(
+                Vsock::new(v.cid, &v.uds).map_err(|e| VmError::Vsock(v.uds.clone(), e))?,
+            ));
+        }
+        let other = |e: std::io::Error| VmError::Other(e.to_string());
         let mut mmio_args = String::new();
+        let mut sources = Vec::new();
         for (i, dev) in devices.into_iter().enumerate() {
             let base = VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE;
             let irq = VIRTIO_IRQ_START + i as u32;
-            let evt =
-                EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Other(e.to_string()))?;
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(other)?;
             setup("virtio irqfd", vm.register_irqfd(&evt, irq))?;
-            let transport = MmioTransport::new(dev, mem.clone(), evt);
-            insert(
-                &mut mmio,
-                base,
-                VIRTIO_MMIO_SIZE,
-                Arc::new(Mutex::new(transport)),
-            )?;
+            let transport = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), evt)));
+            let (queues, backend) = {
+                let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+                (t.queue_count(), t.backend_fd())
+            };
+            // Queue notifies go to the device thread through ioeventfds;
+            // the register write stays handled too, should KVM refuse one.
+            for index in 0..queues as u32 {
+                let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(other)?;
+                let addr = IoEventAddress::Mmio(base + crate::devices::virtio::mmio::QUEUE_NOTIFY);
+                setup("ioeventfd", vm.register_ioevent(&evt, &addr, index))?;
+                sources.push(Source::Queue {
+                    transport: transport.clone(),
+                    index,
+                    evt,
+                });
+            }
+            if let Some(fd) = backend {
+                sources.push(Source::Backend {
+                    transport: transport.clone(),
+                    fd,
+                });
+            }
+            insert(&mut mmio, base, VIRTIO_MMIO_SIZE, transport)?;
             mmio_args.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         }
+        let device_loop = EventLoop::start(sources).map_err(other)?;
         let entry = load(&cfg.boot, &mem, &mmio_args)?;
 
         install_kick_handler();
@@ -261,6 +298,7 @@ impl Vm {
         }
         Ok(Vm {
             _vm: vm,
+            devices: device_loop,
             _mem: mem,
             threads,
             exit,
@@ -335,6 +373,7 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        self.devices.stop();
         let mut failure = None;
         for t in self.threads.drain(..) {
             match t.join() {

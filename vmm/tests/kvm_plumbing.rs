@@ -65,6 +65,7 @@ fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
         },
         mem_mib: 64,
         vcpus: 1,
+        vsock: None,
         disks: vec![DiskConfig {
             path: disk.path().to_path_buf(),
             read_only: true,
@@ -89,6 +90,7 @@ fn bad_configurations_fail_at_once() {
         mem_mib,
         vcpus,
         disks: vec![],
+        vsock: None,
         console: Box::new(std::io::sink()),
     };
     let kernel = |p: &str| Boot::Kernel {

@@ -13,6 +13,8 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x5555_434d; // "MCUU": cowork-microvm
 const INT_USED_RING: u32 = 1;
+/// The QueueNotify register's offset: where ioeventfds are attached.
+pub const QUEUE_NOTIFY: u64 = 0x50;
 
 mod reg {
     pub const MAGIC: u64 = 0x00;
@@ -27,7 +29,7 @@ mod reg {
     pub const QUEUE_NUM_MAX: u64 = 0x34;
     pub const QUEUE_NUM: u64 = 0x38;
     pub const QUEUE_READY: u64 = 0x44;
-    pub const QUEUE_NOTIFY: u64 = 0x50;
+    pub const QUEUE_NOTIFY: u64 = super::QUEUE_NOTIFY;
     pub const INTERRUPT_STATUS: u64 = 0x60;
     pub const INTERRUPT_ACK: u64 = 0x64;
     pub const STATUS: u64 = 0x70;
@@ -84,6 +86,7 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
+        self.device.reset();
         for q in &mut self.queues {
             q.reset();
         }
@@ -93,21 +96,48 @@ impl MmioTransport {
         self.queue_sel = 0;
     }
 
-    fn notify(&mut self, index: u32) {
-        if self.status & status::DRIVER_OK == 0 || self.status & status::FAILED != 0 {
+    fn active(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::FAILED == 0
+    }
+
+    fn interrupt(&mut self) {
+        self.interrupt_status |= INT_USED_RING;
+        if let Err(e) = self.irq.write(1) {
+            tracing::warn!("virtio interrupt failed: {e}");
+        }
+    }
+
+    /// The driver notified queue `index` (a register write, or the queue's
+    /// ioeventfd on the event loop).
+    pub fn notify(&mut self, index: u32) {
+        if !self.active() || !self.queues.get(index as usize).is_some_and(|q| q.ready()) {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index as usize) else {
-            return;
+        if self
+            .device
+            .process_queue(index as usize, &mut self.queues, &self.mem)
+        {
+            self.interrupt();
+        }
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.backend_fd()
+    }
+
+    /// The device's backend descriptor is ready.
+    pub fn backend_event(&mut self) {
+        let queues: &mut [Queue] = if self.active() {
+            &mut self.queues
+        } else {
+            &mut []
         };
-        if !queue.ready() {
-            return;
-        }
-        if self.device.process_queue(index as usize, queue, &self.mem) {
-            self.interrupt_status |= INT_USED_RING;
-            if let Err(e) = self.irq.write(1) {
-                tracing::warn!("virtio interrupt failed: {e}");
-            }
+        if self.device.process_backend(queues, &self.mem) {
+            self.interrupt();
         }
     }
 
@@ -241,7 +271,7 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             data.fill(offset as u8);
         }
-        fn process_queue(&mut self, _: usize, _: &mut Queue, _: &GuestMemoryMmap) -> bool {
+        fn process_queue(&mut self, _: usize, _: &mut [Queue], _: &GuestMemoryMmap) -> bool {
             true
         }
     }

@@ -1,10 +1,16 @@
 //! virtio devices on the MMIO transport (virtio 1.x, split queues through
 //! virtio-queue). Memory reaches a device only at activation, as in
-//! Firecracker; queue work runs when the guest notifies a queue.
+//! Firecracker. Queue work runs on the VM's event loop when the guest
+//! notifies a queue (an ioeventfd, so the vCPU does not wait for it), and
+//! a device with a backend of its own (vsock's sockets) is woken there too.
 
 pub mod block;
+pub mod event_loop;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
+
+use std::os::fd::RawFd;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -26,9 +32,24 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     fn features(&self) -> u64;
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Processes what the driver made available on queue `index`; true
-    /// when the driver should be interrupted.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Processes what the driver made available on queue `index` (every
+    /// queue is passed: a device may answer on another one); true when
+    /// the driver should be interrupted.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap)
+        -> bool;
+    /// A descriptor the event loop watches for work that starts outside
+    /// the guest (a socket with data for it).
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The backend descriptor is ready. `queues` is empty until the driver
+    /// has finished setting the device up: the device must still consume
+    /// its readiness (and keep the work for later) so the loop does not spin.
+    fn process_backend(&mut self, _queues: &mut [Queue], _mem: &GuestMemoryMmap) -> bool {
+        false
+    }
+    /// The driver reset the device: forget every guest-facing state.
+    fn reset(&mut self) {}
 }
 
 /// Serves what the driver made available on `queue`, one chain at a time

@@ -91,7 +91,10 @@ impl VirtioDevice for Block {
         }
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
         let backing = Backing {
             file: &self.file,
             capacity: self.capacity,
@@ -144,7 +147,7 @@ mod tests {
         mem.write_obj(0xaau8, GuestAddress(STATUS)).unwrap();
         vq.build_desc_chain(descs).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        b.process_queue(0, &mut q, mem);
+        b.process_queue(0, std::slice::from_mut(&mut q), mem);
         let used_len = vq.used().ring().ref_at(0).unwrap().load().len();
         (mem.read_obj(GuestAddress(STATUS)).unwrap(), used_len)
     }
@@ -279,7 +282,7 @@ mod tests {
         ];
         vq.add_desc_chains(&looping, 0).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        b.process_queue(0, &mut q, &m);
+        b.process_queue(0, std::slice::from_mut(&mut q), &m);
         // Empty and zero-length requests too.
         assert_eq!(
             run(

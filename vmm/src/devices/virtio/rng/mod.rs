@@ -47,7 +47,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
         super::drain_queue(queue, mem, |chain| match Writer::new(mem, chain) {
             Ok(mut w) => {
                 let mut buf = vec![0u8; w.available_bytes().min(MAX_REQUEST)];
@@ -81,7 +84,7 @@ mod tests {
             .unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
         let mut rng = Rng;
-        assert!(rng.process_queue(0, &mut q, &mem));
+        assert!(rng.process_queue(0, std::slice::from_mut(&mut q), &mem));
         assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 4096);
         let mut got = vec![0u8; 4096];
         mem.read_slice(&mut got, GuestAddress(0x10_0000)).unwrap();
@@ -94,7 +97,7 @@ mod tests {
         let vq = MockSplitQueue::new(&mem, 16);
         vq.build_desc_chain(&[d(0x20_0000, 64, 0)]).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        rng.process_queue(0, &mut q, &mem);
+        rng.process_queue(0, std::slice::from_mut(&mut q), &mem);
         assert_eq!(vq.used().ring().ref_at(0).unwrap().load().len(), 0);
     }
 }
