@@ -1,7 +1,9 @@
-//! The kvm backend: the guest on the in-process VMM. This version boots and
-//! stops the VM (`startVM`, `stopVM`, `isRunning`, startup steps); running
-//! sessions in it needs the virtio-vsock agent channel, which is the next
-//! step, so those methods say so plainly.
+//! The kvm backend: the guest on the in-process VMM, sessions run by the
+//! guest agent over virtio-vsock. `startVM` boots the VM and waits for the
+//! agent's hello; a watcher notices the guest's end (panic, reboot) and
+//! reaps the VM, which closes the agent channel: every running process
+//! then gets its exit event. Shares (virtio-fs) are not in this version:
+//! a spawn's mounts are reported as failed mounts, saying so.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,6 +17,7 @@ use cowork_vmm::devices::ExitReason;
 use cowork_vmm::{Boot, DiskConfig, Vm};
 use nix::sys::signal::Signal;
 
+use crate::agent_link::{AgentLink, Reply};
 use crate::unavailable::UnavailableBackend;
 use crate::vm_boot::GUEST_CMDLINE;
 
@@ -25,20 +28,88 @@ const BOOT_LIMIT: Duration = Duration::from_secs(25);
 const DEFAULT_MEM_MIB: u64 = 1024;
 /// The console tail an error report carries.
 const TAIL_BYTES: usize = 4096;
+/// The session disk's apparent size (a sparse file: it takes what is used).
+const SESSION_DISK_BYTES: u64 = 16 << 30;
+/// readFile's limit in the guest, as on the other backends.
+const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+/// sun_path holds 108 bytes; the per-port sockets add a suffix.
+const MAX_UDS_LEN: usize = 96;
 
 pub struct KvmBackend {
     images: PathBuf,
     data: PathBuf,
     bus: EventBus,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     sessions: UnavailableBackend,
+}
+
+fn unavailable(reason: impl Into<String>) -> BackendError {
+    BackendError::Unavailable {
+        backend: "kvm".into(),
+        reason: reason.into(),
+    }
+}
+
+/// The per-profile session disk: a sparse file with ext4 inside, made once
+/// and kept, so session data survives stopVM/startVM and helper restarts.
+fn ensure_session_disk(path: &std::path::Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let tmp = path.with_extension("img.new");
+    let f = std::fs::File::create(&tmp)
+        .map_err(|e| BackendError::io(format!("cannot create {}", tmp.display()), e))?;
+    f.set_len(SESSION_DISK_BYTES)
+        .map_err(|e| BackendError::io(format!("cannot size {}", tmp.display()), e))?;
+    drop(f);
+    let mke2fs = ["/usr/sbin/mke2fs", "/sbin/mke2fs"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("mke2fs"));
+    let out = std::process::Command::new(&mke2fs)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-L",
+            "cowork-sessions",
+            "-E",
+            "root_owner=0:0",
+        ])
+        .arg(&tmp)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => std::fs::rename(&tmp, path)
+            .map_err(|e| BackendError::io(format!("cannot create {}", path.display()), e)),
+        Ok(o) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(unavailable(format!(
+                "mke2fs could not format the session disk: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            )))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(unavailable(format!(
+                "cannot run mke2fs to make the session disk ({e}); install e2fsprogs"
+            )))
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     vm: Option<Arc<Vm>>,
+    link: Option<Arc<AgentLink>>,
+    /// Accepts the agent's reconnections.
+    accept_task: Option<tokio::task::JoinHandle<()>>,
+    /// Watches for the guest's own end.
+    watch_task: Option<tokio::task::JoinHandle<()>>,
     mem_mib: Option<u64>,
     cpus: Option<u32>,
+    token: Option<String>,
 }
 
 /// The console: to a log file, with the last bytes kept for error reports.
@@ -66,15 +137,17 @@ impl Write for Console {
 
 impl KvmBackend {
     pub fn new(images: PathBuf, data: PathBuf, bus: EventBus) -> Self {
+        // The session-disk methods answer from the host's view of the
+        // profile until the guest reports on its disk itself.
         let sessions = UnavailableBackend {
             name: "kvm",
-            reason: "sessions in the VM need the virtio-vsock agent channel, which this version does not have yet; use the bwrap backend".into(),
+            reason: "session disk reports from the guest are not in this version".into(),
         };
         Self {
             images,
             data,
             bus,
-            state: Mutex::default(),
+            state: Arc::default(),
             sessions,
         }
     }
@@ -90,6 +163,31 @@ impl KvmBackend {
                 status: status.into(),
             })
             .await;
+    }
+
+    fn link(&self) -> Result<Arc<AgentLink>> {
+        self.lock()
+            .link
+            .clone()
+            .filter(|l| l.is_alive())
+            .ok_or_else(|| {
+                if self.running_vm().is_some() {
+                    unavailable("the guest agent is not connected")
+                } else {
+                    BackendError::NotRunning
+                }
+            })
+    }
+
+    fn vsock_path(&self) -> Result<PathBuf> {
+        let uds = self.data.join("v.sock");
+        if uds.as_os_str().len() > MAX_UDS_LEN {
+            return Err(unavailable(format!(
+                "the data directory's path is too long for a Unix socket ({}); set COWORK_VM_DATA_DIR to a shorter one",
+                uds.display()
+            )));
+        }
+        Ok(uds)
     }
 
     fn running_vm(&self) -> Option<Arc<Vm>> {
@@ -154,6 +252,20 @@ impl Backend for KvmBackend {
         }
         let cpus = u8::try_from(cpus).unwrap_or(u8::MAX).clamp(1, max);
         cowork_backend::session_data::create_private_dir(&self.data)?;
+        let uds = self.vsock_path()?;
+        let agent_path = cowork_vmm::devices::virtio::vsock::host_port_path(
+            &uds,
+            cowork_guest::wire::AGENT_PORT,
+        );
+        let _ = std::fs::remove_file(&agent_path);
+        let agent_listener = tokio::net::UnixListener::bind(&agent_path).map_err(|e| {
+            BackendError::io(format!("cannot listen on {}", agent_path.display()), e)
+        })?;
+        let disk = self.data.join("sessiondata.img");
+        let made = disk.clone();
+        tokio::task::spawn_blocking(move || ensure_session_disk(&made))
+            .await
+            .map_err(|e| BackendError::invalid("session disk", e.to_string()))??;
         let log = self.data.join("console.log");
         let console = Console {
             file: Arc::new(Mutex::new(std::fs::File::create(&log).ok())),
@@ -167,25 +279,41 @@ impl Backend for KvmBackend {
             },
             mem_mib,
             vcpus: cpus,
-            vsock: None,
-            disks: vec![DiskConfig {
-                path: self.images.join(rootfs),
-                read_only: true,
-                id: "cowork-rootfs".into(),
-            }],
+            vsock: Some(cowork_vmm::VsockConfig {
+                cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
+                uds,
+            }),
+            disks: vec![
+                DiskConfig {
+                    path: self.images.join(rootfs),
+                    read_only: true,
+                    id: "cowork-rootfs".into(),
+                },
+                DiskConfig {
+                    path: disk,
+                    read_only: false,
+                    id: "cowork-sessions".into(),
+                },
+            ],
             console: Box::new(console.clone()),
         };
         let vm = tokio::task::spawn_blocking(move || Vm::start(cfg))
             .await
             .map_err(|e| BackendError::invalid("VM start", e.to_string()))?
-            .map_err(|e| BackendError::Unavailable {
-                backend: "kvm".into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unavailable(e.to_string()))?;
         let vm = Arc::new(vm);
         let timer = vm.boot_timer();
         let exit = vm.exit_handle();
         let deadline = tokio::time::Instant::now() + BOOT_LIMIT;
+        let failed = |why: String| {
+            let tail =
+                String::from_utf8_lossy(&console.tail.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_owned();
+            unavailable(format!(
+                "{why}; console tail (full log in {}):\n{tail}",
+                log.display()
+            ))
+        };
         while timer.elapsed().is_none()
             && exit.reason() == ExitReason::Running
             && tokio::time::Instant::now() < deadline
@@ -193,10 +321,6 @@ impl Backend for KvmBackend {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         if timer.elapsed().is_none() {
-            vm.stop();
-            let tail =
-                String::from_utf8_lossy(&console.tail.lock().unwrap_or_else(|e| e.into_inner()))
-                    .into_owned();
             let why = match exit.reason() {
                 ExitReason::Running | ExitReason::Stopped => format!(
                     "the guest did not reach its init within {}s",
@@ -204,14 +328,9 @@ impl Backend for KvmBackend {
                 ),
                 other => format!("the guest ended before its init started ({other:?})"),
             };
+            reap(vm).await;
             self.step("bootVM", "failed").await;
-            return Err(BackendError::Unavailable {
-                backend: "kvm".into(),
-                reason: format!(
-                    "{why}; console tail (full log in {}):\n{tail}",
-                    log.display()
-                ),
-            });
+            return Err(failed(why));
         }
         if let Some(t) = timer.elapsed() {
             tracing::info!(
@@ -219,30 +338,66 @@ impl Backend for KvmBackend {
                 t.as_secs_f64() * 1e3
             );
         }
-        self.lock().vm = Some(vm);
         self.step("bootVM", "completed").await;
+        self.step("connectAgent", "started").await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let link = match tokio::time::timeout(left, agent_listener.accept()).await {
+            Ok(Ok((stream, _))) => AgentLink::accept(stream, self.bus.clone(), left).await,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the guest agent did not connect within {}s",
+                BOOT_LIMIT.as_secs()
+            )),
+        };
+        let link = match link {
+            Ok(l) => l,
+            Err(why) => {
+                reap(vm).await;
+                self.step("connectAgent", "failed").await;
+                return Err(failed(why));
+            }
+        };
+        tracing::info!("guest agent {} connected", link.agent);
+        {
+            let mut st = self.lock();
+            st.accept_task = Some(tokio::spawn(accept_reconnects(
+                agent_listener,
+                self.state.clone(),
+                self.bus.clone(),
+            )));
+            st.watch_task = Some(tokio::spawn(watch_guest(vm.clone(), self.state.clone())));
+            st.vm = Some(vm);
+            st.link = Some(link);
+        }
+        self.step("connectAgent", "completed").await;
+        self.bus
+            .publish(&Event::NetworkStatus {
+                status: NetworkStatus::Connected,
+            })
+            .await;
         Ok(())
     }
 
     async fn stop(&self) -> Result<()> {
-        let vm = self.lock().vm.take();
-        if let Some(vm) = vm {
-            vm.stop();
-            // The last reference joins every vCPU thread and frees memory.
-            let joined = tokio::task::spawn_blocking(move || match Arc::try_unwrap(vm) {
-                Ok(vm) => vm.wait(None).map(|_| ()).map_err(|e| e.to_string()),
-                Err(_) => Ok(()),
-            })
-            .await;
-            if let Ok(Err(e)) = joined {
-                tracing::warn!("the VM ended with an error: {e}");
+        let (vm, link) = {
+            let mut st = self.lock();
+            for t in [st.accept_task.take(), st.watch_task.take()]
+                .into_iter()
+                .flatten()
+            {
+                t.abort();
             }
-            self.bus
-                .publish(&Event::NetworkStatus {
-                    status: NetworkStatus::Disconnected,
-                })
-                .await;
-        }
+            (st.vm.take(), st.link.take())
+        };
+        let Some(vm) = vm else {
+            return Ok(());
+        };
+        // Processes end with the VM: the agent's channel closes when the
+        // VM is reaped and each gets its exit event. Asking the agent to
+        // power off first is not done yet: the guest's device shutdown
+        // wedges a vCPU on a device lock (docs/vmm.md, known problems).
+        drop(link);
+        reap(vm).await;
         Ok(())
     }
 
@@ -251,25 +406,100 @@ impl Backend for KvmBackend {
     }
 
     fn is_guest_connected(&self) -> bool {
-        false
+        self.running_vm().is_some() && self.lock().link.as_ref().is_some_and(|l| l.is_alive())
     }
 
-    // Sessions need the agent channel: until then the same answers as an
-    // unavailable backend, with the reason.
     async fn spawn(&self, r: SpawnRequest) -> Result<SpawnResult> {
-        self.sessions.spawn(r).await
+        cowork_backend::session_data::validate_name("processName", &r.name)?;
+        let link = self.link()?;
+        let home = format!("/sessions/{}", r.name);
+        let token = self.lock().token.clone();
+        let base = [
+            ("HOME".to_string(), home.clone()),
+            (
+                "PATH".to_string(),
+                "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_string(),
+            ),
+            (
+                "HTTP_PROXY".to_string(),
+                format!("http://{}", cowork_guest::wire::EGRESS_LISTEN),
+            ),
+            (
+                "HTTPS_PROXY".to_string(),
+                format!("http://{}", cowork_guest::wire::EGRESS_LISTEN),
+            ),
+            ("NO_PROXY".to_string(), "localhost,127.0.0.1".to_string()),
+        ];
+        let token = r.oauth_token.as_deref().or(token.as_deref());
+        let env = cowork_backend::spawn_env::session_env(base, &r.env, token);
+        let cwd = r.cwd.clone().unwrap_or(home);
+        link.spawn(
+            &r.id,
+            r.command.clone(),
+            r.args.clone(),
+            env.into_iter().collect(),
+            Some(cwd),
+        )
+        .await
+        .map_err(|e| BackendError::invalid("spawn", e))?;
+        // Without virtio-fs nothing of the host is shared: every mount is
+        // reported, never silently dropped.
+        let failed_mounts = r
+            .additional_mounts
+            .iter()
+            .map(|(name, m)| cowork_backend::api::FailedMount {
+                name: name.clone(),
+                path: m.path.clone(),
+                reason: "folders are shared with the VM over virtio-fs, which this version does not have yet".into(),
+            })
+            .collect();
+        Ok(SpawnResult { failed_mounts })
     }
     async fn kill(&self, id: &str, sig: Signal) -> Result<()> {
-        self.sessions.kill(id, sig).await
+        let link = self.link()?;
+        if link.status(id).is_none() {
+            return Err(BackendError::NoSuchProcess(id.into()));
+        }
+        link.kill(id, sig as i32)
+            .await
+            .map_err(|_| BackendError::ProcessNotRunning(id.into()))
     }
     async fn write_stdin(&self, id: &str, data: String, eof: bool) -> Result<()> {
-        self.sessions.write_stdin(id, data, eof).await
+        let link = self.link()?;
+        if link.status(id).is_none() {
+            return Err(BackendError::NoSuchProcess(id.into()));
+        }
+        link.write_stdin(id, data.as_bytes(), eof)
+            .await
+            .map_err(|_| BackendError::ProcessNotRunning(id.into()))
     }
     fn process_status(&self, id: &str) -> Result<ProcessStatus> {
-        self.sessions.process_status(id)
+        self.lock()
+            .link
+            .as_ref()
+            .and_then(|l| l.status(id))
+            .ok_or_else(|| BackendError::NoSuchProcess(id.into()))
     }
     async fn read_file(&self, session: &str, path: &str) -> Result<String> {
-        self.sessions.read_file(session, path).await
+        cowork_backend::session_data::validate_name("processName", session)?;
+        let link = self.link()?;
+        let path = path.to_string();
+        match link
+            .request(|req| cowork_guest::wire::HostMsg::ReadFile {
+                req,
+                path,
+                limit: READ_FILE_LIMIT,
+            })
+            .await
+        {
+            Ok(Reply::File(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            Ok(Reply::Failed(e)) => Err(BackendError::invalid("readFile", e)),
+            Ok(other) => Err(BackendError::invalid(
+                "readFile",
+                format!("unexpected answer {other:?}"),
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
     }
     async fn mount_path(&self, r: MountPathRequest) -> Result<MountPathResult> {
         self.sessions.mount_path(r).await
@@ -277,7 +507,9 @@ impl Backend for KvmBackend {
     async fn install_sdk(&self, sub: &str, version: &str) -> Result<()> {
         self.sessions.install_sdk(sub, version).await
     }
-    fn add_oauth_token(&self, _: String) {}
+    fn add_oauth_token(&self, token: String) {
+        self.lock().token = Some(token);
+    }
     async fn sessions_disk_info(&self, low: u64) -> Result<DiskInfo> {
         self.sessions.sessions_disk_info(low).await
     }
@@ -294,5 +526,65 @@ impl Backend for KvmBackend {
         error: Option<String>,
     ) -> Result<()> {
         self.sessions.send_guest_response(id, result, error).await
+    }
+}
+
+/// Stops the VM if it still runs, joins its threads and frees its memory;
+/// dropping its devices closes the agent channel.
+async fn reap(vm: Arc<Vm>) {
+    vm.stop();
+    let mut vm = vm;
+    // The watcher may hold the other reference for a moment.
+    let vm = loop {
+        match Arc::try_unwrap(vm) {
+            Ok(v) => break v,
+            Err(shared) => {
+                vm = shared;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    match tokio::task::spawn_blocking(move || vm.wait(None)).await {
+        Ok(Ok(reason)) => tracing::info!("the VM ended ({reason:?})"),
+        Ok(Err(e)) => tracing::warn!("the VM ended with an error: {e}"),
+        Err(e) => tracing::warn!("the VM's end could not be awaited: {e}"),
+    }
+}
+
+/// The agent reconnects after a dropped channel: the newest link wins.
+async fn accept_reconnects(
+    listener: tokio::net::UnixListener,
+    state: Arc<Mutex<State>>,
+    bus: EventBus,
+) {
+    while let Ok((stream, _)) = listener.accept().await {
+        match AgentLink::accept(stream, bus.clone(), Duration::from_secs(10)).await {
+            Ok(link) => {
+                state.lock().unwrap_or_else(|e| e.into_inner()).link = Some(link);
+            }
+            Err(e) => tracing::warn!("a guest agent connection was refused: {e}"),
+        }
+    }
+}
+
+/// Notices the guest's own end (a panic reboots it, a crash resets it)
+/// and reaps the VM, so its processes get their exit events and the next
+/// startVM starts afresh.
+async fn watch_guest(vm: Arc<Vm>, state: Arc<Mutex<State>>) {
+    let exit = vm.exit_handle();
+    while exit.reason() == ExitReason::Running {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(vm);
+    let taken = {
+        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = st.accept_task.take() {
+            t.abort();
+        }
+        st.vm.take()
+    };
+    if let Some(vm) = taken {
+        tracing::warn!("the guest ended on its own ({:?})", exit.reason());
+        reap(vm).await;
     }
 }

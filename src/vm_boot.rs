@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cowork_guest::wire::{self, GuestMsg};
 use cowork_vmm::devices::ExitReason;
-use cowork_guest::wire::{self, GuestMsg, HostMsg};
 use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig, VsockConfig};
 use serde_json::json;
 
@@ -275,25 +275,11 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         let e = vm.exits();
         json!({"total": e.total.load(Relaxed), "pio": e.pio.load(Relaxed), "serial": e.serial.load(Relaxed), "mmio": e.mmio.load(Relaxed)})
     };
-    // A clean end: the agent is asked to shut down (the guest reboots,
-    // which ends the VM); a stop if it cannot be asked or does not.
+    // The VM is stopped, not shut down through the agent: the guest's own
+    // device shutdown (virtio reset on every device) currently wedges the
+    // vCPU on a device lock under nested KVM; see docs/vmm.md.
     let agent_hello = agent_at();
-    let asked = agent
-        .0
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_mut()
-        .is_some_and(|(_, s)| {
-            wire::encode(&HostMsg::Shutdown, &[])
-                .ok()
-                .is_some_and(|f| s.write_all(&f).is_ok())
-        });
-    let shutdown_from = Instant::now();
-    let reason = vm
-        .wait(asked.then_some(Duration::from_secs(10)).or(Some(Duration::ZERO)))
-        .context("the VM failed")?;
-    let shutdown_ms = (asked && reason == ExitReason::Reset)
-        .then(|| shutdown_from.elapsed().as_secs_f64() * 1e3);
+    let reason = vm.wait(Some(Duration::ZERO)).context("the VM failed")?;
     let ready_ms = console
         .ready_at
         .lock()
@@ -306,7 +292,6 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         "bootTimerMs": boot_timer.map(|d| d.as_secs_f64() * 1e3),
         "agentConnected": agent_hello.is_some(),
         "agentHelloMs": agent_hello.map(|t| (t - started).as_secs_f64() * 1e3),
-        "agentShutdownMs": shutdown_ms,
         "exitReason": format!("{reason:?}"),
         "timedOut": timed_out,
         "exits": exits,

@@ -57,4 +57,10 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
     );
     assert_eq!(r["protocol"]["isRunning"], r#"{"running":true}"#);
     assert_eq!(r["protocol"]["isRunningAfterStop"], r#"{"running":false}"#);
+    // The agent's channel is our virtio-vsock device.
+    assert_eq!(r["vmm"]["agentConnected"], true, "hello over vsock: {r}");
+    assert_eq!(
+        r["protocol"]["isGuestConnected"], r#"{"connected":true}"#,
+        "the kvm backend's agent channel: {r}"
+    );
 }

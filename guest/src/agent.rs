@@ -260,6 +260,11 @@ fn spawn(
         .stderr(Stdio::piped())
         .process_group(0);
     if let Some(dir) = cwd {
+        // A session's own directory on the session disk is made on first
+        // use; anything else must exist.
+        if dir.starts_with(&format!("{}/", crate::init::SESSION_ROOT)) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+        }
         cmd.current_dir(dir);
     }
     let mut child = cmd

@@ -47,7 +47,7 @@ kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,guest,lib/cowork,usr/share/qemu}
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -60,6 +60,7 @@ copy_with_libs() {
     done
 }
 copy_with_libs "$helper" /bin/cowork-microvm
+copy_with_libs "$(command -v mke2fs || echo /sbin/mke2fs)" /sbin/mke2fs
 qemu_inner=""
 if [ -f /usr/share/qemu/qboot.rom ]; then
     # At /usr/bin: QEMU finds its data relative to its own path.
@@ -108,7 +109,8 @@ grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
 qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\"}}"
+session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"

@@ -126,3 +126,60 @@ fn bad_configurations_fail_at_once() {
     std::fs::write(notelf.path(), b"not an ELF at all").unwrap();
     assert!(e(cfg(kernel(notelf.path().to_str().unwrap()), 64, 1)).contains("load"));
 }
+
+/// CPU ticks (user+system) the named thread of this process has used.
+fn thread_ticks(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .and_then(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+}
+
+/// With every device attached (vsock included) and a guest that never
+/// touches them, the device thread sleeps: a spinning one would starve the
+/// vCPUs of the device locks.
+#[test]
+fn idle_devices_do_not_spin() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIP idle_devices_do_not_spin: /dev/kvm is not read-write here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let load = 0x10_0000;
+    let vm = Vm::start(VmConfig {
+        // jmp . : the guest spins, the devices idle.
+        boot: Boot::LongMode {
+            code: vec![0xeb, 0xfe],
+            load,
+            entry: HIGHER_HALF + load,
+        },
+        mem_mib: 64,
+        vcpus: 1,
+        vsock: Some(cowork_vmm::VsockConfig {
+            cid: 3,
+            uds: dir.path().join("v.sock"),
+        }),
+        disks: vec![],
+        console: Box::new(Console::default()),
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let ticks = thread_ticks("vm-devices").expect("the device thread exists");
+    vm.stop();
+    vm.wait(None).unwrap();
+    eprintln!("device thread: {ticks} ticks in 0.5 s");
+    assert!(
+        ticks < 10,
+        "the device thread spins ({ticks} ticks in 0.5 s)"
+    );
+}

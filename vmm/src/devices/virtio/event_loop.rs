@@ -25,7 +25,10 @@ pub enum Source {
         evt: EventFd,
     },
     /// A device's own descriptor (see `VirtioDevice::backend_fd`).
-    Backend { transport: SharedTransport, fd: RawFd },
+    Backend {
+        transport: SharedTransport,
+        fd: RawFd,
+    },
 }
 
 pub struct EventLoop {

@@ -35,8 +35,7 @@ pub trait VirtioDevice: Send {
     /// Processes what the driver made available on queue `index` (every
     /// queue is passed: a device may answer on another one); true when
     /// the driver should be interrupted.
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap)
-        -> bool;
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
     /// A descriptor the event loop watches for work that starts outside
     /// the guest (a socket with data for it).
     fn backend_fd(&self) -> Option<RawFd> {

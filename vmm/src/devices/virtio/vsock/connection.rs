@@ -113,7 +113,7 @@ impl Connection {
     }
 
     /// Bytes from the guest for the host socket.
-    pub fn from_guest(&mut self, data: &[u8]) -> GuestData {
+    pub fn take_from_guest(&mut self, data: &[u8]) -> GuestData {
         if self.to_host.len() + data.len() > BUF_ALLOC as usize {
             return GuestData::OverCredit;
         }
@@ -179,7 +179,9 @@ impl Connection {
     /// on: the connection can be reset and forgotten.
     pub fn finished(&self) -> bool {
         let guest_done = self.peer_shutdown & SHUTDOWN_SEND != 0;
-        guest_done && self.to_host.is_empty() && (self.host_eof || self.peer_shutdown & SHUTDOWN_RCV != 0)
+        guest_done
+            && self.to_host.is_empty()
+            && (self.host_eof || self.peer_shutdown & SHUTDOWN_RCV != 0)
     }
 }
 
@@ -230,7 +232,7 @@ mod tests {
         let chunk = vec![7u8; MAX_PAYLOAD];
         let mut accepted = 0usize;
         loop {
-            match c.from_guest(&chunk) {
+            match c.take_from_guest(&chunk) {
                 GuestData::Accepted => accepted += chunk.len(),
                 GuestData::OverCredit => break,
                 GuestData::HostGone => panic!("host is there"),
@@ -250,7 +252,7 @@ mod tests {
         let _ = c.credit_for_header();
         assert!(!c.needs_credit_update());
         let big = vec![1u8; BUF_ALLOC as usize - 1000];
-        assert_eq!(c.from_guest(&big), GuestData::Accepted);
+        assert_eq!(c.take_from_guest(&big), GuestData::Accepted);
         let mut sink = vec![0u8; BUF_ALLOC as usize];
         let mut got = 0;
         while got < big.len() {

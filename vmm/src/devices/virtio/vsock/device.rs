@@ -14,9 +14,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::connection::{Connection, GuestData, State};
-use super::packet::{
-    self, op, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
-};
+use super::packet::{self, op, Header, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 use crate::devices::virtio::{drain_queue, VirtioDevice};
 
 pub const VIRTIO_ID_VSOCK: u32 = 19;
@@ -189,9 +187,11 @@ impl Vsock {
     fn close(&mut self, key: Key, tell_guest: bool) {
         if let Some(c) = self.conns.remove(&key) {
             self.targets.remove(&c.token);
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
         if tell_guest {
             self.push_control(key, op::RST, 0);
@@ -201,7 +201,10 @@ impl Vsock {
     fn ephemeral_port(&mut self) -> u32 {
         loop {
             let p = self.next_port;
-            self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_EPHEMERAL_PORT);
+            self.next_port = self
+                .next_port
+                .checked_add(1)
+                .unwrap_or(FIRST_EPHEMERAL_PORT);
             if !self.conns.keys().any(|(h, _)| *h == p) {
                 return p;
             }
@@ -280,9 +283,9 @@ impl Vsock {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if events.intersects(
-            EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR,
-        ) {
+        if events
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        {
             c.readable = true;
         }
         if c.pending_to_host() > 0 || events.contains(EventSet::OUT) {
@@ -391,7 +394,7 @@ impl Vsock {
                     }
                 }
             }
-            op::RW if c.state == State::Established => match c.from_guest(payload) {
+            op::RW if c.state == State::Established => match c.take_from_guest(payload) {
                 GuestData::Accepted => self.flushed(key),
                 GuestData::OverCredit => {
                     tracing::debug!("vsock: guest port {} sent beyond its credit", key.1);

@@ -134,11 +134,7 @@ pub fn rx_room(w: &Writer<'_>) -> usize {
 }
 
 /// Writes a packet into a host-to-guest chain; the bytes used.
-pub fn write_rx(
-    w: &mut Writer<'_>,
-    hdr: Header,
-    payload: &[u8],
-) -> std::io::Result<u32> {
+pub fn write_rx(w: &mut Writer<'_>, hdr: Header, payload: &[u8]) -> std::io::Result<u32> {
     w.write_all(&hdr.to_bytes())?;
     w.write_all(payload)?;
     Ok((HEADER_LEN + payload.len()) as u32)

@@ -11,7 +11,9 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::packet::{op, Header, HEADER_LEN, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use super::packet::{
+    op, Header, HEADER_LEN, MAX_PAYLOAD, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 use super::{host_port_path, Vsock, BUF_ALLOC, GUEST_CID, HOST_CID};
 use crate::devices::virtio::VirtioDevice;
 
@@ -95,7 +97,9 @@ impl Guest {
         let slot = (self.tx_next % (QLEN / 2)) * 2;
         let at = TX_BUFS + slot as u64 * SLOT;
         self.mem.write_slice(header, GuestAddress(at)).unwrap();
-        self.mem.write_slice(payload, GuestAddress(at + SLOT)).unwrap();
+        self.mem
+            .write_slice(payload, GuestAddress(at + SLOT))
+            .unwrap();
         let mut chain = vec![desc(at, header.len() as u32, 0)];
         if !payload.is_empty() {
             chain.push(desc(at + SLOT, payload.len() as u32, 0));
@@ -194,7 +198,10 @@ fn guest_stream_to_a_host_listener_both_ways_and_closed() {
     let pkts = g.recv();
     assert_eq!(pkts.len(), 1);
     let (h, p) = &pkts[0];
-    assert_eq!((h.op, h.src_port, h.dst_port, h.dst_cid), (op::RW, 1024, 5000, GUEST_CID));
+    assert_eq!(
+        (h.op, h.src_port, h.dst_port, h.dst_cid),
+        (op::RW, 1024, 5000, GUEST_CID)
+    );
     assert_eq!(p, b"world");
     assert_eq!(h.buf_alloc, BUF_ALLOC);
 
@@ -205,7 +212,10 @@ fn guest_stream_to_a_host_listener_both_ways_and_closed() {
     g.backend();
     let pkts = g.recv();
     assert_eq!(pkts.len(), 1);
-    assert_eq!((pkts[0].0.op, pkts[0].0.flags), (op::SHUTDOWN, SHUTDOWN_SEND));
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].0.flags),
+        (op::SHUTDOWN, SHUTDOWN_SEND)
+    );
     let mut h = hdr(5000, 1024, op::SHUTDOWN);
     h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
     g.send(h, &[]);
@@ -279,7 +289,11 @@ fn host_data_waits_for_guest_credit() {
     settle();
     g.backend();
     let pkts = g.recv();
-    let data: usize = pkts.iter().filter(|(h, _)| h.op == op::RW).map(|(_, p)| p.len()).sum();
+    let data: usize = pkts
+        .iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .map(|(_, p)| p.len())
+        .sum();
     assert_eq!(data, 100, "no more than the guest's buffer");
     assert!(pkts.iter().any(|(h, _)| h.op == op::CREDIT_REQUEST));
     // The guest frees its buffer: the next 100 bytes come.
@@ -287,7 +301,12 @@ fn host_data_waits_for_guest_credit() {
     upd.buf_alloc = 100;
     upd.fwd_cnt = 100;
     g.send(upd, &[]);
-    let data: usize = g.recv().iter().filter(|(h, _)| h.op == op::RW).map(|(_, p)| p.len()).sum();
+    let data: usize = g
+        .recv()
+        .iter()
+        .filter(|(h, _)| h.op == op::RW)
+        .map(|(_, p)| p.len())
+        .sum();
     assert_eq!(data, 100);
 }
 
@@ -333,14 +352,19 @@ fn hybrid_connect_to_a_guest_port() {
     );
     let pkts = g.recv();
     assert_eq!(pkts.len(), 1);
-    assert_eq!((pkts[0].0.op, pkts[0].1.as_slice()), (op::RW, &b"early"[..]));
+    assert_eq!(
+        (pkts[0].0.op, pkts[0].1.as_slice()),
+        (op::RW, &b"early"[..])
+    );
 
     // A line that is not CONNECT gets ERR; a guest that refuses closes.
     let mut bad = UnixStream::connect(&g.uds).unwrap();
     bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     bad.write_all(b"HELLO\n").unwrap();
     let mut refused = UnixStream::connect(&g.uds).unwrap();
-    refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     refused.write_all(b"CONNECT 53\n").unwrap();
     settle();
     g.backend();
@@ -359,4 +383,43 @@ fn hybrid_connect_to_a_guest_port() {
     host.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
     assert_eq!(g.dev.connection_count(), 0);
+}
+
+/// The device thread watches the backend descriptor level-triggered: after
+/// the device has handled it, it must not stay ready, or the thread spins
+/// and starves the vCPUs of the transport lock.
+#[test]
+fn backend_is_quiet_once_handled() {
+    let ready = |g: &Guest| {
+        let mut p = libc::pollfd {
+            fd: g.dev.backend_fd().unwrap(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+    };
+    let mut g = Guest::new();
+    g.post_rx(8, 4096);
+    assert!(!ready(&g));
+    let (_l, mut host) = g.connect(5003);
+    g.send(hdr(5003, 1024, op::RW), b"x");
+    host.write_all(b"y").unwrap();
+    settle();
+    g.backend();
+    assert!(!ready(&g), "after data");
+    let mut h = hdr(5003, 1024, op::SHUTDOWN);
+    h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
+    g.send(h, &[]);
+    settle();
+    g.backend();
+    assert!(!ready(&g), "after the guest closed");
+    g.dev.reset();
+    settle();
+    g.backend();
+    assert!(!ready(&g), "after a reset");
+    drop(host);
+    settle();
+    g.backend();
+    assert!(!ready(&g), "after the host closed");
 }
