@@ -32,6 +32,8 @@ const TAIL_BYTES: usize = 4096;
 const SESSION_DISK_BYTES: u64 = 16 << 30;
 /// readFile's limit in the guest, as on the other backends.
 const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+/// How long stopVM lets the agent shut the guest down before stopping it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// sun_path holds 108 bytes; the per-port sockets add a suffix.
 const MAX_UDS_LEN: usize = 96;
 
@@ -392,11 +394,17 @@ impl Backend for KvmBackend {
         let Some(vm) = vm else {
             return Ok(());
         };
-        // Processes end with the VM: the agent's channel closes when the
-        // VM is reaped and each gets its exit event. Asking the agent to
-        // power off first is not done yet: the guest's device shutdown
-        // wedges a vCPU on a device lock (docs/vmm.md, known problems).
-        drop(link);
+        // A clean end first: the agent ends every process, syncs the
+        // session disk and powers off; the VM is stopped if it does not.
+        if let Some(link) = link.filter(|l| l.is_alive()) {
+            if link.shutdown().await.is_ok() {
+                let exit = vm.exit_handle();
+                let until = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+                while exit.reason() == ExitReason::Running && tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
         reap(vm).await;
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cowork_guest::wire::{self, GuestMsg};
+use cowork_guest::wire::{self, GuestMsg, HostMsg};
 use cowork_vmm::devices::ExitReason;
 use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig, VsockConfig};
 use serde_json::json;
@@ -22,6 +22,9 @@ pub const READY_LINE: &str = "cowork-guest: ready";
 /// The guest's command line (virtio-mmio devices are appended by the VMM).
 pub const GUEST_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 init=/sbin/init";
+
+/// How long the guest may take to power off once the agent is asked.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The console: to stdout, watching for the ready line.
 #[derive(Clone)]
@@ -275,11 +278,28 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         let e = vm.exits();
         json!({"total": e.total.load(Relaxed), "pio": e.pio.load(Relaxed), "serial": e.serial.load(Relaxed), "mmio": e.mmio.load(Relaxed)})
     };
-    // The VM is stopped, not shut down through the agent: the guest's own
-    // device shutdown (virtio reset on every device) currently wedges the
-    // vCPU on a device lock under nested KVM; see docs/vmm.md.
+    // A clean end: the agent is asked to shut down (the guest reboots,
+    // which ends the VM); a stop if it cannot be asked or does not.
     let agent_hello = agent_at();
-    let reason = vm.wait(Some(Duration::ZERO)).context("the VM failed")?;
+    let asked = agent
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_mut()
+        .is_some_and(|(_, s)| {
+            wire::encode(&HostMsg::Shutdown, &[])
+                .ok()
+                .is_some_and(|f| s.write_all(&f).is_ok())
+        });
+    let shutdown_from = Instant::now();
+    let grace = if asked {
+        SHUTDOWN_GRACE
+    } else {
+        Duration::ZERO
+    };
+    let reason = vm.wait(Some(grace)).context("the VM failed")?;
+    let shutdown_ms =
+        (asked && reason == ExitReason::Reset).then(|| shutdown_from.elapsed().as_secs_f64() * 1e3);
     let ready_ms = console
         .ready_at
         .lock()
@@ -292,6 +312,7 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         "bootTimerMs": boot_timer.map(|d| d.as_secs_f64() * 1e3),
         "agentConnected": agent_hello.is_some(),
         "agentHelloMs": agent_hello.map(|t| (t - started).as_secs_f64() * 1e3),
+        "agentShutdownMs": shutdown_ms,
         "exitReason": format!("{reason:?}"),
         "timedOut": timed_out,
         "exits": exits,

@@ -63,4 +63,35 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
         r["protocol"]["isGuestConnected"], r#"{"connected":true}"#,
         "the kvm backend's agent channel: {r}"
     );
+    assert!(
+        r["vmm"]["agentShutdownMs"].as_f64().is_some(),
+        "the agent shut the guest down when asked: {r}"
+    );
+    // Sessions in the VM through the agent, as `run` drives them.
+    let s = &r["sessions"];
+    assert_eq!(
+        s["echo"], "hello-from-vm cowork rc=3",
+        "spawn, output, exit code: {r}"
+    );
+    assert_eq!(s["stdin"], "piped-in", "stdin and its end: {r}");
+    assert_eq!(s["bulk"], "16777216", "16 MiB of output, complete: {r}");
+    assert_eq!(
+        s["home"], "host-invisible",
+        "the host's files are not in the VM: {r}"
+    );
+    assert_eq!(
+        s["persisted"], "kept",
+        "the session disk outlives the helper: {r}"
+    );
+    assert!(
+        s["agentKilled"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(r#"{"connected":false}"#),
+        "a dead agent ends the session and the connection: {r}"
+    );
+    assert_eq!(
+        s["restart"], "{} back",
+        "startVM works after the guest died: {r}"
+    );
 }

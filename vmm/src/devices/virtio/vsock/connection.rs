@@ -44,6 +44,9 @@ pub struct Connection {
     pub credit_requested: bool,
     /// A hybrid-mode client waits for "OK <port>" once the guest accepts.
     pub hybrid_reply: bool,
+    /// We have shut the host socket's write side (once: every shutdown
+    /// wakes the socket's pollers, and a repeated one would loop).
+    host_write_shut: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +75,7 @@ impl Connection {
             peer_shutdown: 0,
             credit_requested: false,
             hybrid_reply: false,
+            host_write_shut: false,
         }
     }
 
@@ -139,7 +143,8 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        if self.peer_shutdown & SHUTDOWN_SEND != 0 {
+        if self.peer_shutdown & SHUTDOWN_SEND != 0 && !self.host_write_shut {
+            self.host_write_shut = true;
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
         Ok(())

@@ -34,6 +34,8 @@ const MAX_CONTROL: usize = 1024;
 /// Packets delivered per wake-up before yielding the device lock; the rest
 /// follows at once through the kick eventfd.
 const RX_BATCH: usize = 256;
+/// Rounds of host events handled per wake-up (see `poll_host`).
+const POLL_ROUNDS: usize = 64;
 
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_KICK: u64 = 1;
@@ -288,7 +290,8 @@ impl Vsock {
         {
             c.readable = true;
         }
-        if c.pending_to_host() > 0 || events.contains(EventSet::OUT) {
+        // Room in the host socket matters only with something to write.
+        if c.pending_to_host() > 0 {
             self.flushed(key);
         }
     }
@@ -310,11 +313,19 @@ impl Vsock {
         }
     }
 
-    /// Everything the host side has signalled since the last call.
+    /// Everything the host side has signalled since the last call, in a
+    /// bounded number of rounds: should events keep coming, the rest is
+    /// left to the next wake-up (the kick) so the device lock is released
+    /// in between and the vCPUs are never starved of it.
     fn poll_host(&mut self) {
         let mut events = [EpollEvent::default(); 64];
-        loop {
+        for _ in 0..POLL_ROUNDS {
             let n = self.epoll.wait(0, &mut events).unwrap_or(0);
+            // Until nothing is left: handling one event (an accept) can
+            // make another ready (the new stream's first data).
+            if n == 0 {
+                return;
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_LISTENER => self.accept_hybrid(),
@@ -331,12 +342,8 @@ impl Vsock {
                     },
                 }
             }
-            // Until nothing is left: handling one event (an accept) can
-            // make another ready (the new stream's first data).
-            if n == 0 {
-                return;
-            }
         }
+        let _ = self.kick.write(1);
     }
 
     // ---- guest side ------------------------------------------------------

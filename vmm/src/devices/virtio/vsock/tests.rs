@@ -408,7 +408,17 @@ fn backend_is_quiet_once_handled() {
     settle();
     g.backend();
     assert!(!ready(&g), "after data");
+    // The guest stops sending (the agent exiting does this): the host's
+    // write side is shut once, and that must not wake the device for ever.
     let mut h = hdr(5003, 1024, op::SHUTDOWN);
+    h.flags = SHUTDOWN_SEND;
+    g.send(h, &[]);
+    settle();
+    g.backend();
+    assert!(!ready(&g), "after the guest's half-close");
+    let mut eof = Vec::new();
+    host.read_to_end(&mut eof).unwrap();
+    assert_eq!(eof, b"x", "the host sees the guest's data, then its end");
     h.flags = SHUTDOWN_SEND | SHUTDOWN_RCV;
     g.send(h, &[]);
     settle();
