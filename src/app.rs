@@ -71,6 +71,7 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
         (Kind::Kvm, true) => Some(Arc::new(crate::kvm_backend::KvmBackend::new(
             crate::config::image_dir(&settings.home),
             settings.data_dir.join("vm"),
+            settings.home.clone(),
             bus.clone(),
         ))),
         _ => None,

@@ -2,8 +2,9 @@
 //! guest agent over virtio-vsock. `startVM` boots the VM and waits for the
 //! agent's hello; a watcher notices the guest's end (panic, reboot) and
 //! reaps the VM, which closes the agent channel: every running process
-//! then gets its exit event. Shares (virtio-fs) are not in this version:
-//! a spawn's mounts are reported as failed mounts, saying so.
+//! then gets its exit event. A spawn's `additionalMounts` are exported
+//! over the VM's virtio-fs device and mounted by the agent where the
+//! session expects them.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,6 +17,12 @@ use cowork_backend::{BackendError, Event, EventBus, NetworkStatus, Result};
 use cowork_vmm::devices::ExitReason;
 use cowork_vmm::{Boot, DiskConfig, Vm};
 use nix::sys::signal::Signal;
+
+use std::collections::HashMap;
+
+use cowork_backend::api::{FailedMount, MountMode, MountSpec};
+use cowork_backend::paths::{resolve_host_path, validate_mount_source};
+use cowork_vmm::devices::virtio::fs::{Shares, TAG as FS_TAG};
 
 use crate::agent_link::{AgentLink, Reply};
 use crate::unavailable::UnavailableBackend;
@@ -40,6 +47,8 @@ const MAX_UDS_LEN: usize = 96;
 pub struct KvmBackend {
     images: PathBuf,
     data: PathBuf,
+    /// Mount sources must be inside it, as on the other backends.
+    home: PathBuf,
     bus: EventBus,
     state: Arc<Mutex<State>>,
     sessions: UnavailableBackend,
@@ -112,6 +121,10 @@ struct State {
     mem_mib: Option<u64>,
     cpus: Option<u32>,
     token: Option<String>,
+    /// The VM's virtio-fs shares, and which share is mounted where.
+    shares: Option<Arc<Shares>>,
+    share_of: HashMap<(PathBuf, bool), String>,
+    mounted: HashMap<String, String>,
 }
 
 /// The console: to a log file, with the last bytes kept for error reports.
@@ -138,7 +151,7 @@ impl Write for Console {
 }
 
 impl KvmBackend {
-    pub fn new(images: PathBuf, data: PathBuf, bus: EventBus) -> Self {
+    pub fn new(images: PathBuf, data: PathBuf, home: PathBuf, bus: EventBus) -> Self {
         // The session-disk methods answer from the host's view of the
         // profile until the guest reports on its disk itself.
         let sessions = UnavailableBackend {
@@ -148,6 +161,7 @@ impl KvmBackend {
         Self {
             images,
             data,
+            home,
             bus,
             state: Arc::default(),
             sessions,
@@ -179,6 +193,77 @@ impl KvmBackend {
                     BackendError::NotRunning
                 }
             })
+    }
+
+    /// Exports a mount's host folder (once per folder and mode) and has
+    /// the agent mount it at `/sessions/<session>/mnt/<name>`.
+    async fn share(
+        &self,
+        link: &AgentLink,
+        session: &str,
+        name: &str,
+        spec: &MountSpec,
+    ) -> Result<String> {
+        cowork_backend::session_data::validate_name("mount name", name)?;
+        let source = resolve_host_path(&self.home, &spec.path)?;
+        let canon = validate_mount_source(&self.home, &source)?;
+        if !canon.exists() {
+            std::fs::create_dir_all(&canon)
+                .map_err(|e| BackendError::io(format!("cannot create {}", canon.display()), e))?;
+        }
+        let ro = spec.mode == Some(MountMode::Ro);
+        let guest = format!("/sessions/{session}/mnt/{name}");
+        let (shares, existing, mounted) = {
+            let st = self.lock();
+            let shares = st.shares.clone().ok_or(BackendError::NotRunning)?;
+            (
+                shares,
+                st.share_of.get(&(canon.clone(), ro)).cloned(),
+                st.mounted.get(&guest).cloned(),
+            )
+        };
+        let share = match existing {
+            Some(s) => s,
+            None => {
+                let s = shares
+                    .add(&canon, ro)
+                    .map_err(|e| BackendError::invalid("additionalMounts", e.to_string()))?;
+                self.lock().share_of.insert((canon, ro), s.clone());
+                s
+            }
+        };
+        if mounted.as_deref() == Some(share.as_str()) {
+            return Ok(guest);
+        }
+        if mounted.is_some() {
+            let path = guest.clone();
+            let _ = link
+                .request(|req| cowork_guest::wire::HostMsg::Unmount { req, path })
+                .await;
+        }
+        let path = guest.clone();
+        let subdir = Some(share.clone());
+        match link
+            .request(|req| cowork_guest::wire::HostMsg::Mount {
+                req,
+                tag: FS_TAG.into(),
+                subdir,
+                path,
+                read_only: ro,
+            })
+            .await
+        {
+            Ok(Reply::Done) => {
+                self.lock().mounted.insert(guest.clone(), share);
+                Ok(guest)
+            }
+            Ok(Reply::Failed(e)) => Err(BackendError::invalid("additionalMounts", e)),
+            Ok(other) => Err(BackendError::invalid(
+                "additionalMounts",
+                format!("unexpected answer {other:?}"),
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     fn vsock_path(&self) -> Result<PathBuf> {
@@ -274,6 +359,7 @@ impl Backend for KvmBackend {
             tail: Arc::default(),
         };
         self.step("bootVM", "started").await;
+        let shares = Arc::new(Shares::new());
         let cfg = cowork_vmm::VmConfig {
             boot: Boot::Kernel {
                 path: self.images.join("vmlinux"),
@@ -281,6 +367,7 @@ impl Backend for KvmBackend {
             },
             mem_mib,
             vcpus: cpus,
+            shares: Some(shares.clone()),
             vsock: Some(cowork_vmm::VsockConfig {
                 cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
                 uds,
@@ -370,6 +457,9 @@ impl Backend for KvmBackend {
             st.watch_task = Some(tokio::spawn(watch_guest(vm.clone(), self.state.clone())));
             st.vm = Some(vm);
             st.link = Some(link);
+            st.shares = Some(shares);
+            st.share_of.clear();
+            st.mounted.clear();
         }
         self.step("connectAgent", "completed").await;
         self.bus
@@ -389,6 +479,9 @@ impl Backend for KvmBackend {
             {
                 t.abort();
             }
+            st.shares = None;
+            st.share_of.clear();
+            st.mounted.clear();
             (st.vm.take(), st.link.take())
         };
         let Some(vm) = vm else {
@@ -440,7 +533,21 @@ impl Backend for KvmBackend {
         ];
         let token = r.oauth_token.as_deref().or(token.as_deref());
         let env = cowork_backend::spawn_env::session_env(base, &r.env, token);
-        let cwd = r.cwd.clone().unwrap_or(home);
+        let mut failed_mounts = Vec::new();
+        let mut first = None;
+        for (name, spec) in &r.additional_mounts {
+            match self.share(&link, &r.name, name, spec).await {
+                Ok(guest) => {
+                    first.get_or_insert(guest);
+                }
+                Err(e) => failed_mounts.push(FailedMount {
+                    name: name.clone(),
+                    path: spec.path.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        let cwd = r.cwd.clone().or(first).unwrap_or(home);
         link.spawn(
             &r.id,
             r.command.clone(),
@@ -450,17 +557,6 @@ impl Backend for KvmBackend {
         )
         .await
         .map_err(|e| BackendError::invalid("spawn", e))?;
-        // Without virtio-fs nothing of the host is shared: every mount is
-        // reported, never silently dropped.
-        let failed_mounts = r
-            .additional_mounts
-            .iter()
-            .map(|(name, m)| cowork_backend::api::FailedMount {
-                name: name.clone(),
-                path: m.path.clone(),
-                reason: "folders are shared with the VM over virtio-fs, which this version does not have yet".into(),
-            })
-            .collect();
         Ok(SpawnResult { failed_mounts })
     }
     async fn kill(&self, id: &str, sig: Signal) -> Result<()> {

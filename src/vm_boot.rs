@@ -241,6 +241,7 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         mem_mib: args.mem_mib,
         vcpus: args.cpus,
         disks,
+        shares: None,
         vsock: Some(VsockConfig {
             cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
             uds,

@@ -198,11 +198,12 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
         HostMsg::Mount {
             req,
             tag,
+            subdir,
             path,
             read_only,
         } => {
             let res = if cfg.in_vm {
-                crate::init::mount_share(&tag, Path::new(&path), read_only)
+                crate::init::mount_share(&tag, subdir.as_deref(), Path::new(&path), read_only)
             } else {
                 Err("mounting shares needs the agent to run in the VM".into())
             };

@@ -94,15 +94,58 @@ pub fn early_init() -> Vec<String> {
     problems
 }
 
-/// Mounts a virtio-fs share by its tag.
-pub fn mount_share(tag: &str, path: &Path, read_only: bool) -> Result<(), String> {
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if read_only {
-        flags |= MsFlags::MS_RDONLY;
-    }
+/// Where a virtio-fs device is mounted whole when shares are taken from
+/// its subdirectories.
+const FS_ROOT: &str = "/run/cowork-fs";
+
+/// Mounts a virtio-fs share by its tag, or one directory of it (bound from
+/// the whole device, mounted once under [`FS_ROOT`]).
+pub fn mount_share(
+    tag: &str,
+    subdir: Option<&str>,
+    path: &Path,
+    read_only: bool,
+) -> Result<(), String> {
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
-    mount(Some(tag), path, Some("virtiofs"), flags, None::<&str>)
-        .map_err(|e| format!("mount share {tag} on {}: {e}", path.display()))
+    let Some(sub) = subdir else {
+        let flags = if read_only {
+            base | MsFlags::MS_RDONLY
+        } else {
+            base
+        };
+        return mount(Some(tag), path, Some("virtiofs"), flags, None::<&str>)
+            .map_err(|e| format!("mount share {tag} on {}: {e}", path.display()));
+    };
+    if sub.is_empty() || sub.contains('/') || sub == "." || sub == ".." {
+        return Err(format!("bad share name {sub:?}"));
+    }
+    let whole = Path::new(FS_ROOT).join(tag);
+    if !whole.join(sub).exists() {
+        std::fs::create_dir_all(&whole).map_err(|e| format!("mkdir {}: {e}", whole.display()))?;
+        // Already mounted is fine: another share of the same device.
+        match mount(Some(tag), &whole, Some("virtiofs"), base, None::<&str>) {
+            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
+            Err(e) => return Err(format!("mount {tag} on {}: {e}", whole.display())),
+        }
+    }
+    let from = whole.join(sub);
+    mount(
+        Some(&from),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {} on {}: {e}", from.display(), path.display()))?;
+    if read_only {
+        // A bind mount takes read-only only on a remount; the device refuses
+        // writes to a read-only share anyway.
+        let flags = base | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("read-only remount of {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn loopback_up() -> Result<(), String> {

@@ -55,10 +55,14 @@ pub enum HostMsg {
         path: String,
         limit: u64,
     },
-    /// Mount virtio-fs `tag` at `path`; answered with `Done` or `Failed`.
+    /// Mount virtio-fs `tag` at `path` (only its directory `subdir`, when
+    /// given: one device carries every share); answered with `Done` or
+    /// `Failed`.
     Mount {
         req: u64,
         tag: String,
+        #[serde(default)]
+        subdir: Option<String>,
         path: String,
         read_only: bool,
     },

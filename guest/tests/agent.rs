@@ -283,6 +283,7 @@ fn malformed_frames_get_errors_and_no_panic() {
         &HostMsg::Mount {
             req: 3,
             tag: "t".into(),
+            subdir: None,
             path: "/tmp/x".into(),
             read_only: true,
         },

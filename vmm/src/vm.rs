@@ -93,6 +93,9 @@ pub struct VmConfig {
     pub vcpus: u8,
     pub disks: Vec<DiskConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Folders for the guest over virtio-fs (one device, tag
+    /// `devices::virtio::fs::TAG`); shares can be added while it runs.
+    pub shares: Option<Arc<crate::devices::virtio::fs::Shares>>,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
 }
@@ -220,7 +223,8 @@ impl Vm {
             Arc::new(Mutex::new(boot_timer.clone())),
         )?;
 
-        // virtio devices: the disks in order (vda, vdb, ...), the rng, vsock.
+        // virtio devices: the disks in order (vda, vdb, ...), the rng, vsock,
+        // virtio-fs.
         let mut devices: Vec<Box<dyn crate::devices::virtio::VirtioDevice>> = Vec::new();
         for disk in &cfg.disks {
             devices.push(Box::new(Block::open(&disk.path, disk.read_only, &disk.id)?));
@@ -230,6 +234,12 @@ impl Vm {
             devices.push(Box::new(
                 Vsock::new(v.cid, &v.uds).map_err(|e| VmError::Vsock(v.uds.clone(), e))?,
             ));
+        }
+        if let Some(shares) = &cfg.shares {
+            devices.push(Box::new(crate::devices::virtio::fs::Fs::new(
+                crate::devices::virtio::fs::TAG,
+                shares.clone(),
+            )));
         }
         let other = |e: std::io::Error| VmError::Other(e.to_string());
         let mut mmio_args = String::new();

@@ -65,6 +65,7 @@ fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
         },
         mem_mib: 64,
         vcpus: 1,
+        shares: None,
         vsock: None,
         disks: vec![DiskConfig {
             path: disk.path().to_path_buf(),
@@ -90,6 +91,7 @@ fn bad_configurations_fail_at_once() {
         mem_mib,
         vcpus,
         disks: vec![],
+        shares: None,
         vsock: None,
         console: Box::new(std::io::sink()),
     };
@@ -165,6 +167,7 @@ fn idle_devices_do_not_spin() {
         },
         mem_mib: 64,
         vcpus: 1,
+        shares: None,
         vsock: Some(cowork_vmm::VsockConfig {
             cid: 3,
             uds: dir.path().join("v.sock"),

@@ -138,14 +138,68 @@ async fn dial(host: &str, port: u16) -> Result<TcpStream, String> {
 }
 
 /// Serves one proxy conversation on `client` under `policy`.
-pub async fn serve<S>(mut client: S, policy: &Policy) -> Outcome
+pub async fn serve<S>(client: S, policy: &Policy) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_with(client, |_| Some(std::sync::Arc::new(policy.clone()))).await
+}
+
+/// The password of a `Proxy-Authorization: Basic` header, if any.
+fn proxy_password(headers: &[String]) -> Option<String> {
+    use base64::Engine;
+    let value = headers.iter().find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("proxy-authorization")
+            .then(|| value.trim())
+    })?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split_once(':')?.1.to_string())
+}
+
+/// Serves one conversation whose policy depends on who asks: `choose`
+/// gets the proxy password the client sent (a VM's sessions share one
+/// transport, so each carries its own credential) and returns the
+/// policy, or `None` to answer 407.
+pub async fn serve_with<S, F>(mut client: S, choose: F) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Option<&str>) -> Option<std::sync::Arc<Policy>>,
 {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
         Ok(h) => h,
         Err(_) => return Outcome::BadRequest("request head timed out".into()),
     };
+    let policy = match &head {
+        Ok(h) => choose(proxy_password(&h.headers).as_deref()),
+        Err(_) => None,
+    };
+    let policy = match (policy, &head) {
+        (Some(p), _) => p,
+        (None, Err(_)) => std::sync::Arc::new(Policy::default()),
+        (None, Ok(_)) => {
+            let body =
+                "cowork egress proxy: this session's proxy credentials are missing or unknown\n";
+            let msg = format!(
+                "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"cowork\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = client.write_all(msg.as_bytes()).await;
+            let _ = client.shutdown().await;
+            return Outcome::Denied {
+                host: "(no credentials)".into(),
+            };
+        }
+    };
+    let policy = &*policy;
     let connect = head
         .as_ref()
         .is_ok_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
@@ -302,6 +356,56 @@ mod tests {
         )
         .await;
         assert!(matches!(o, Outcome::Denied { .. }));
+    }
+
+    /// Several sessions share one transport (a VM): each request names its
+    /// session by the proxy password, and gets that session's policy.
+    #[tokio::test]
+    async fn credentials_choose_the_policy() {
+        use base64::Engine;
+        let (allow, _) = Policy::new(&["localhost".into()]);
+        let allow = std::sync::Arc::new(allow);
+        let ask = |req: String, creds: Option<&'static str>| {
+            let allow = allow.clone();
+            async move {
+                let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+                let server = tokio::spawn(async move {
+                    serve_with(theirs, |pw| (pw == Some("tok1")).then_some(allow)).await
+                });
+                let auth = creds
+                    .map(|c| {
+                        let b = base64::engine::general_purpose::STANDARD.encode(c);
+                        format!("Proxy-Authorization: Basic {b}\r\n")
+                    })
+                    .unwrap_or_default();
+                ours.write_all(format!("{req}\r\n{auth}\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut reply = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut reply))
+                    .await;
+                drop(ours);
+                (
+                    server.await.unwrap(),
+                    String::from_utf8_lossy(&reply).into_owned(),
+                )
+            }
+        };
+        let (port, seen) = upstream().await;
+        let get = format!("GET http://localhost:{port}/ HTTP/1.1\r\nHost: localhost");
+        let (o, reply) = ask(get.clone(), Some("cowork:tok1")).await;
+        assert!(matches!(o, Outcome::Forwarded { .. }), "{o:?} {reply}");
+        drop(seen);
+        let (o, reply) = ask(get.clone(), None).await;
+        assert!(reply.starts_with("HTTP/1.1 407"), "{reply}");
+        assert!(matches!(o, Outcome::Denied { .. }));
+        let (_, reply) = ask(get.clone(), Some("cowork:other")).await;
+        assert!(reply.starts_with("HTTP/1.1 407"), "unknown token: {reply}");
+        let (_, reply) = ask(get, Some("no-colon")).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 407"),
+            "malformed credentials: {reply}"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod event_loop;
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;

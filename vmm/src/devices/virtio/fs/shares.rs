@@ -1,0 +1,119 @@
+//! The folders exported to the guest, added and removed while it runs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use fuse_backend_rs::api::{Vfs, VfsOptions};
+use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+
+/// The Vfs numbers its file systems with a byte; keep well inside it.
+pub const MAX_SHARES: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error("at most {MAX_SHARES} folders can be shared with one VM")]
+    TooMany,
+    #[error("cannot share {0}: {1}")]
+    Backend(String, String),
+}
+
+pub struct Shares {
+    pub(super) vfs: Arc<Vfs>,
+    names: Mutex<HashMap<String, u8>>,
+    next: Mutex<u64>,
+    /// Vfs indexes of read-only shares: read on every request.
+    read_only: RwLock<HashSet<u8>>,
+}
+
+impl Default for Shares {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shares {
+    pub fn new() -> Shares {
+        Shares {
+            vfs: Arc::new(Vfs::new(VfsOptions::default())),
+            names: Mutex::default(),
+            next: Mutex::new(1),
+            read_only: RwLock::default(),
+        }
+    }
+
+    /// Exports `dir`; the name the guest finds it under in the device.
+    pub fn add(&self, dir: &Path, read_only: bool) -> Result<String, ShareError> {
+        let shown = dir.display().to_string();
+        if !dir.is_dir() {
+            return Err(ShareError::NotADirectory(shown));
+        }
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= MAX_SHARES {
+            return Err(ShareError::TooMany);
+        }
+        let cfg = Config {
+            root_dir: shown.clone(),
+            // The Vfs in front checks names ("..", "/"); importing through
+            // it is what the library expects then (see virtio-fs notes).
+            do_import: false,
+            xattr: false,
+            ..Default::default()
+        };
+        let fs = PassthroughFs::<()>::new(cfg)
+            .map_err(|e| ShareError::Backend(shown.clone(), e.to_string()))?;
+        // import() sets the whole process's umask to 0; the helper's own
+        // files keep theirs.
+        // SAFETY: umask(2) only swaps the process's mask.
+        let umask = unsafe { libc::umask(0o077) };
+        let imported = fs.import();
+        // SAFETY: as above.
+        unsafe { libc::umask(umask) };
+        imported.map_err(|e| ShareError::Backend(shown.clone(), e.to_string()))?;
+        let name = {
+            let mut n = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let name = format!("s{n}");
+            *n += 1;
+            name
+        };
+        let index = self
+            .vfs
+            .mount(Box::new(fs), &format!("/{name}"))
+            .map_err(|e| ShareError::Backend(shown, format!("{e:?}")))?;
+        if read_only {
+            self.read_only
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index);
+        }
+        names.insert(name.clone(), index);
+        Ok(name)
+    }
+
+    /// Stops exporting a share (the guest sees it vanish).
+    pub fn remove(&self, name: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = names.remove(name) {
+            let _ = self.vfs.umount(&format!("/{name}"));
+            self.read_only
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&index);
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether a FUSE node id lies in a read-only share.
+    pub(super) fn node_read_only(&self, node: u64) -> bool {
+        let index = (node >> 56) as u8;
+        self.read_only
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index)
+    }
+}
