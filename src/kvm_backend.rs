@@ -24,6 +24,9 @@ use cowork_backend::api::{FailedMount, MountMode, MountSpec};
 use cowork_backend::paths::{resolve_host_path, validate_mount_source};
 use cowork_vmm::devices::virtio::fs::{Shares, TAG as FS_TAG};
 
+use cowork_bwrap_fallback::egress::policy::Policy;
+use cowork_bwrap_fallback::egress::proxy::serve_with;
+
 use crate::agent_link::{AgentLink, Reply};
 use crate::unavailable::UnavailableBackend;
 use crate::vm_boot::GUEST_CMDLINE;
@@ -51,6 +54,7 @@ pub struct KvmBackend {
     home: PathBuf,
     bus: EventBus,
     state: Arc<Mutex<State>>,
+    egress: Arc<EgressPolicies>,
     sessions: UnavailableBackend,
 }
 
@@ -125,6 +129,53 @@ struct State {
     shares: Option<Arc<Shares>>,
     share_of: HashMap<(PathBuf, bool), String>,
     mounted: HashMap<String, String>,
+    /// Serves the guest's egress connections.
+    egress_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Each spawned process's egress credential and policy: one transport
+/// carries every session's traffic, so each request says whose it is.
+#[derive(Default)]
+struct EgressPolicies(Mutex<HashMap<String, (String, Arc<Policy>)>>);
+
+impl EgressPolicies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Arc<Policy>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn find(&self, token: Option<&str>) -> Option<Arc<Policy>> {
+        self.lock().get(token?).map(|(_, p)| p.clone())
+    }
+}
+
+/// A fresh unguessable credential.
+fn egress_token() -> Result<String> {
+    use std::io::Read;
+    let mut raw = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .map_err(|e| BackendError::io("cannot read /dev/urandom", e))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Conversations through the egress proxy at once, all sessions together.
+const EGRESS_CONVERSATIONS: usize = 256;
+
+/// Serves the guest's egress connections (its forwarder dials host port
+/// EGRESS_PORT over vsock) with each process's own policy.
+async fn serve_egress(listener: tokio::net::UnixListener, policies: Arc<EgressPolicies>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(EGRESS_CONVERSATIONS));
+    while let Ok((stream, _)) = listener.accept().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let policies = policies.clone();
+        tokio::spawn(async move {
+            let outcome = serve_with(stream, |token| policies.find(token)).await;
+            tracing::debug!("VM egress: {outcome:?}");
+            drop(permit);
+        });
+    }
 }
 
 /// The console: to a log file, with the last bytes kept for error reports.
@@ -164,6 +215,7 @@ impl KvmBackend {
             home,
             bus,
             state: Arc::default(),
+            egress: Arc::default(),
             sessions,
         }
     }
@@ -348,6 +400,14 @@ impl Backend for KvmBackend {
         let agent_listener = tokio::net::UnixListener::bind(&agent_path).map_err(|e| {
             BackendError::io(format!("cannot listen on {}", agent_path.display()), e)
         })?;
+        let egress_path = cowork_vmm::devices::virtio::vsock::host_port_path(
+            &uds,
+            cowork_guest::wire::EGRESS_PORT,
+        );
+        let _ = std::fs::remove_file(&egress_path);
+        let egress_listener = tokio::net::UnixListener::bind(&egress_path).map_err(|e| {
+            BackendError::io(format!("cannot listen on {}", egress_path.display()), e)
+        })?;
         let disk = self.data.join("sessiondata.img");
         let made = disk.clone();
         tokio::task::spawn_blocking(move || ensure_session_disk(&made))
@@ -455,6 +515,10 @@ impl Backend for KvmBackend {
                 self.bus.clone(),
             )));
             st.watch_task = Some(tokio::spawn(watch_guest(vm.clone(), self.state.clone())));
+            st.egress_task = Some(tokio::spawn(serve_egress(
+                egress_listener,
+                self.egress.clone(),
+            )));
             st.vm = Some(vm);
             st.link = Some(link);
             st.shares = Some(shares);
@@ -467,6 +531,17 @@ impl Backend for KvmBackend {
                 status: NetworkStatus::Connected,
             })
             .await;
+        if let Some(url) = req.api_probe_url.clone() {
+            let bus = self.bus.clone();
+            tokio::spawn(async move {
+                let ok = cowork_bwrap_fallback::egress::probe::api_reachable(&url).await;
+                let status = if ok { "reachable" } else { "unreachable" };
+                bus.publish(&Event::ApiReachability {
+                    status: status.into(),
+                })
+                .await;
+            });
+        }
         Ok(())
     }
 
@@ -515,21 +590,35 @@ impl Backend for KvmBackend {
         let link = self.link()?;
         let home = format!("/sessions/{}", r.name);
         let token = self.lock().token.clone();
+        // This process's egress credential: the guest forwarder passes the
+        // proxy conversation through unchanged, the host proxy maps the
+        // credential to this session's allowedDomains.
+        let (policy, rejected) = Policy::new(r.allowed_domains.as_deref().unwrap_or(&[]));
+        if !rejected.is_empty() {
+            tracing::warn!(session = %r.name, "allowedDomains entries ignored: {}", rejected.join(", "));
+        }
+        let egress = egress_token()?;
+        {
+            let mut policies = self.egress.lock();
+            policies.retain(|_, (id, _)| *id != r.id && link.status(id).is_some_and(|s| s.running));
+            policies.insert(egress.clone(), (r.id.clone(), Arc::new(policy)));
+        }
+        let proxy = format!(
+            "http://cowork:{egress}@{}",
+            cowork_guest::wire::EGRESS_LISTEN
+        );
         let base = [
             ("HOME".to_string(), home.clone()),
             (
                 "PATH".to_string(),
                 "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".to_string(),
             ),
-            (
-                "HTTP_PROXY".to_string(),
-                format!("http://{}", cowork_guest::wire::EGRESS_LISTEN),
-            ),
-            (
-                "HTTPS_PROXY".to_string(),
-                format!("http://{}", cowork_guest::wire::EGRESS_LISTEN),
-            ),
+            ("HTTP_PROXY".to_string(), proxy.clone()),
+            ("HTTPS_PROXY".to_string(), proxy.clone()),
+            ("http_proxy".to_string(), proxy.clone()),
+            ("https_proxy".to_string(), proxy),
             ("NO_PROXY".to_string(), "localhost,127.0.0.1".to_string()),
+            ("no_proxy".to_string(), "localhost,127.0.0.1".to_string()),
         ];
         let token = r.oauth_token.as_deref().or(token.as_deref());
         let env = cowork_backend::spawn_env::session_env(base, &r.env, token);
@@ -682,7 +771,10 @@ async fn watch_guest(vm: Arc<Vm>, state: Arc<Mutex<State>>) {
     drop(vm);
     let taken = {
         let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = st.accept_task.take() {
+        for t in [st.accept_task.take(), st.egress_task.take()]
+            .into_iter()
+            .flatten()
+        {
             t.abort();
         }
         st.vm.take()

@@ -45,7 +45,8 @@ kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
 
 # The outer machine's initramfs.
 root=$work/initramfs
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,guest,lib/cowork,usr/share/qemu}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,guest,lib/cowork,usr/share/qemu}
+echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
 for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
@@ -104,6 +105,14 @@ run -- sh -c 'echo kept > /sessions/e2e/kept.txt' >/dev/null 2>&1
 mkdir -p /tmp/proj /tmp/docs; echo from-host > /tmp/proj/in.txt; echo precious > /tmp/docs/ro.txt
 echo "NESTED-SESSION rw" \$(run --mount /tmp/proj:proj -- sh -c 'cat in.txt; pwd; echo from-vm > out.txt' 2>&1) \$(cat /tmp/proj/out.txt 2>&1)
 echo "NESTED-SESSION ro" \$(run --mount /tmp/docs:docs:ro -- sh -c 'cat ro.txt; (echo x > ro.txt) 2>/dev/null && echo wrote || echo refused' 2>&1) \$(cat /tmp/docs/ro.txt)
+# Egress: the guest has no network device; its forwarder reaches the
+# helper's proxy over vsock, which applies each session's allowedDomains.
+mkdir -p /tmp/www; echo upstream-ok > /tmp/www/hello.txt
+busybox ifconfig lo 127.0.0.1 up; busybox httpd -p 127.0.0.1:8080 -h /tmp/www
+get='wget -q -O - http://upstream.test:8080/hello.txt 2>/dev/null || echo refused'
+echo "NESTED-SESSION egressAllowed" \$(run --allow-domain upstream.test -- sh -c "\$get" 2>&1)
+echo "NESTED-SESSION egressRefused" \$(run --allow-domain other.test -- sh -c "\$get" 2>&1)
+echo "NESTED-SESSION egressDirect" \$(run --allow-domain upstream.test -- sh -c 'wget -q -Y off -O - http://127.0.0.1:8080/hello.txt 2>/dev/null || echo no-route' 2>&1)
 echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
 # The session disk outlives the VM and the helper.
@@ -133,7 +142,7 @@ qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
