@@ -28,6 +28,7 @@ const STDIN_PIECE: usize = 1024 * 1024;
 #[derive(Debug)]
 pub enum Reply {
     File(Vec<u8>),
+    Json(Vec<u8>),
     Done,
     Pong,
     Failed(String),
@@ -218,6 +219,7 @@ impl AgentLink {
             GuestMsg::File { req } => reply(req, Reply::File(payload)),
             GuestMsg::Done { req } => reply(req, Reply::Done),
             GuestMsg::Pong { req } => reply(req, Reply::Pong),
+            GuestMsg::Json { req } => reply(req, Reply::Json(payload)),
             GuestMsg::Failed { req, error } => reply(req, Reply::Failed(error)),
             GuestMsg::Error { message } => tracing::warn!("guest agent: {message}"),
         }

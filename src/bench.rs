@@ -260,7 +260,9 @@ fn skip_reason(kind: Kind) -> Option<String> {
         Kind::Bwrap => Some(crate::select::probe_bwrap())
             .filter(|p| !p.usable)
             .map(|p| p.detail),
-        Kind::Kvm => Some(crate::select::probe_kvm().detail),
+        Kind::Kvm => Some(crate::select::probe_kvm())
+            .filter(|p| !p.usable)
+            .map(|p| p.detail),
     }
 }
 

@@ -28,7 +28,6 @@ use cowork_bwrap_fallback::egress::policy::Policy;
 use cowork_bwrap_fallback::egress::proxy::serve_with;
 
 use crate::agent_link::{AgentLink, Reply};
-use crate::unavailable::UnavailableBackend;
 use crate::vm_boot::GUEST_CMDLINE;
 
 /// startVM fails if the guest's init has not started by then: well before
@@ -42,6 +41,10 @@ const TAIL_BYTES: usize = 4096;
 const SESSION_DISK_BYTES: u64 = 16 << 30;
 /// readFile's limit in the guest, as on the other backends.
 const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
+/// Where the SDK folder appears in the guest (on tmpfs: the rootfs is
+/// read-only).
+const SDK_GUEST: &str = "/run/cowork/sdk";
+
 /// How long stopVM lets the agent shut the guest down before stopping it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// sun_path holds 108 bytes; the per-port sockets add a suffix.
@@ -55,7 +58,6 @@ pub struct KvmBackend {
     bus: EventBus,
     state: Arc<Mutex<State>>,
     egress: Arc<EgressPolicies>,
-    sessions: UnavailableBackend,
 }
 
 fn unavailable(reason: impl Into<String>) -> BackendError {
@@ -118,6 +120,10 @@ fn ensure_session_disk(path: &std::path::Path) -> Result<()> {
 struct State {
     vm: Option<Arc<Vm>>,
     link: Option<Arc<AgentLink>>,
+    /// The SDK folder installSdk named (exported read-only at [`SDK_GUEST`]
+    /// on every start) and which process runs in which session.
+    sdk: Option<PathBuf>,
+    session_of: HashMap<String, String>,
     /// Accepts the agent's reconnections.
     accept_task: Option<tokio::task::JoinHandle<()>>,
     /// Watches for the guest's own end.
@@ -203,12 +209,6 @@ impl Write for Console {
 
 impl KvmBackend {
     pub fn new(images: PathBuf, data: PathBuf, home: PathBuf, bus: EventBus) -> Self {
-        // The session-disk methods answer from the host's view of the
-        // profile until the guest reports on its disk itself.
-        let sessions = UnavailableBackend {
-            name: "kvm",
-            reason: "session disk reports from the guest are not in this version".into(),
-        };
         Self {
             images,
             data,
@@ -216,7 +216,6 @@ impl KvmBackend {
             bus,
             state: Arc::default(),
             egress: Arc::default(),
-            sessions,
         }
     }
 
@@ -247,8 +246,8 @@ impl KvmBackend {
             })
     }
 
-    /// Exports a mount's host folder (once per folder and mode) and has
-    /// the agent mount it at `/sessions/<session>/mnt/<name>`.
+    /// Exports a mount's host folder (checked as on the other backends)
+    /// and has the agent mount it at `/sessions/<session>/mnt/<name>`.
     async fn share(
         &self,
         link: &AgentLink,
@@ -263,37 +262,44 @@ impl KvmBackend {
             std::fs::create_dir_all(&canon)
                 .map_err(|e| BackendError::io(format!("cannot create {}", canon.display()), e))?;
         }
-        let ro = spec.mode == Some(MountMode::Ro);
         let guest = format!("/sessions/{session}/mnt/{name}");
+        self.export(link, canon, spec.mode == Some(MountMode::Ro), &guest)
+            .await?;
+        Ok(guest)
+    }
+
+    /// Exports `dir` over virtio-fs (once per folder and mode) and has the
+    /// agent mount it at `guest` (replacing what was mounted there).
+    async fn export(&self, link: &AgentLink, dir: PathBuf, ro: bool, guest: &str) -> Result<()> {
         let (shares, existing, mounted) = {
             let st = self.lock();
             let shares = st.shares.clone().ok_or(BackendError::NotRunning)?;
             (
                 shares,
-                st.share_of.get(&(canon.clone(), ro)).cloned(),
-                st.mounted.get(&guest).cloned(),
+                st.share_of.get(&(dir.clone(), ro)).cloned(),
+                st.mounted.get(guest).cloned(),
             )
         };
         let share = match existing {
             Some(s) => s,
             None => {
                 let s = shares
-                    .add(&canon, ro)
-                    .map_err(|e| BackendError::invalid("additionalMounts", e.to_string()))?;
-                self.lock().share_of.insert((canon, ro), s.clone());
+                    .add(&dir, ro)
+                    .map_err(|e| BackendError::invalid("share", e.to_string()))?;
+                self.lock().share_of.insert((dir, ro), s.clone());
                 s
             }
         };
         if mounted.as_deref() == Some(share.as_str()) {
-            return Ok(guest);
+            return Ok(());
         }
         if mounted.is_some() {
-            let path = guest.clone();
+            let path = guest.to_string();
             let _ = link
                 .request(|req| cowork_guest::wire::HostMsg::Unmount { req, path })
                 .await;
         }
-        let path = guest.clone();
+        let path = guest.to_string();
         let subdir = Some(share.clone());
         match link
             .request(|req| cowork_guest::wire::HostMsg::Mount {
@@ -306,12 +312,53 @@ impl KvmBackend {
             .await
         {
             Ok(Reply::Done) => {
-                self.lock().mounted.insert(guest.clone(), share);
-                Ok(guest)
+                self.lock().mounted.insert(guest.to_string(), share);
+                Ok(())
             }
-            Ok(Reply::Failed(e)) => Err(BackendError::invalid("additionalMounts", e)),
+            Ok(Reply::Failed(e)) => Err(BackendError::invalid("share", e)),
             Ok(other) => Err(BackendError::invalid(
-                "additionalMounts",
+                "share",
+                format!("unexpected answer {other:?}"),
+            )),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Sessions with a running process: their directories are in use.
+    fn active_sessions(&self) -> Vec<String> {
+        let Ok(link) = self.link() else {
+            return Vec::new();
+        };
+        let mut active: Vec<String> = self
+            .lock()
+            .session_of
+            .iter()
+            .filter(|(id, _)| link.status(id).is_some_and(|s| s.running))
+            .map(|(_, session)| session.clone())
+            .collect();
+        active.sort();
+        active.dedup();
+        active
+    }
+
+    /// The session disk is mounted in the guest: its bookkeeping runs
+    /// there, by the same rules as the other backends'.
+    async fn session_disk<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &str,
+        args: serde_json::Value,
+    ) -> Result<T> {
+        let link = self.link()?;
+        let op = op.to_string();
+        match link
+            .request(|req| cowork_guest::wire::HostMsg::Sessions { req, op, args })
+            .await
+        {
+            Ok(Reply::Json(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| BackendError::invalid("session disk", e.to_string())),
+            Ok(Reply::Failed(e)) => Err(BackendError::invalid("session disk", e)),
+            Ok(other) => Err(BackendError::invalid(
+                "session disk",
                 format!("unexpected answer {other:?}"),
             )),
             Err(e) => Err(unavailable(e)),
@@ -387,7 +434,7 @@ impl Backend for KvmBackend {
         };
         let max = cowork_vmm::vm::MAX_VCPUS;
         if cpus > u32::from(max) {
-            tracing::warn!("cpuCount {cpus} asked for; the VM gets {max} (no SMP yet)");
+            tracing::warn!("cpuCount {cpus} asked for; the VM gets {max}, the most it can have");
         }
         let cpus = u8::try_from(cpus).unwrap_or(u8::MAX).clamp(1, max);
         cowork_backend::session_data::create_private_dir(&self.data)?;
@@ -514,7 +561,11 @@ impl Backend for KvmBackend {
                 self.state.clone(),
                 self.bus.clone(),
             )));
-            st.watch_task = Some(tokio::spawn(watch_guest(vm.clone(), self.state.clone())));
+            st.watch_task = Some(tokio::spawn(watch_guest(
+                vm.clone(),
+                self.state.clone(),
+                console.tail.clone(),
+            )));
             st.egress_task = Some(tokio::spawn(serve_egress(
                 egress_listener,
                 self.egress.clone(),
@@ -524,6 +575,12 @@ impl Backend for KvmBackend {
             st.shares = Some(shares);
             st.share_of.clear();
             st.mounted.clear();
+        }
+        let sdk = self.lock().sdk.clone();
+        if let (Some(dir), Ok(link)) = (sdk, self.link()) {
+            if let Err(e) = self.export(&link, dir, true, SDK_GUEST).await {
+                tracing::warn!("the SDK could not be shared with the VM: {e}");
+            }
         }
         self.step("connectAgent", "completed").await;
         self.bus
@@ -695,22 +752,62 @@ impl Backend for KvmBackend {
         }
     }
     async fn mount_path(&self, r: MountPathRequest) -> Result<MountPathResult> {
-        self.sessions.mount_path(r).await
+        let link = self.link()?;
+        let session = self
+            .lock()
+            .session_of
+            .get(&r.process_id)
+            .cloned()
+            .ok_or_else(|| BackendError::NoSuchProcess(r.process_id.clone()))?;
+        let spec = MountSpec {
+            path: r.subpath.clone(),
+            mode: r.mode,
+        };
+        let guest_path = self.share(&link, &session, &r.mount_name, &spec).await?;
+        Ok(MountPathResult { guest_path })
     }
     async fn install_sdk(&self, sub: &str, version: &str) -> Result<()> {
-        self.sessions.install_sdk(sub, version).await
+        cowork_backend::session_data::validate_name("version", version)?;
+        let dir = resolve_host_path(&self.home, sub)?.join(version);
+        let bin = dir.join("claude");
+        let executable = std::fs::metadata(&bin).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        });
+        if !executable {
+            return Err(BackendError::SdkMissing(bin));
+        }
+        let canon = validate_mount_source(&self.home, &dir)?;
+        self.lock().sdk = Some(canon.clone());
+        // Exported now if the VM runs, else at the next start.
+        if let Ok(link) = self.link() {
+            self.export(&link, canon, true, SDK_GUEST).await?;
+        }
+        tracing::info!(sdk = %bin.display(), "SDK installed (read-only in the VM at {SDK_GUEST})");
+        Ok(())
     }
     fn add_oauth_token(&self, token: String) {
         self.lock().token = Some(token);
     }
     async fn sessions_disk_info(&self, low: u64) -> Result<DiskInfo> {
-        self.sessions.sessions_disk_info(low).await
+        let active = self.active_sessions();
+        self.session_disk(
+            "diskInfo",
+            serde_json::json!({"lowWater": low, "active": active}),
+        )
+        .await
     }
     async fn delete_session_dirs(&self, names: Vec<String>) -> Result<DeleteResult> {
-        self.sessions.delete_session_dirs(names).await
+        let active = self.active_sessions();
+        self.session_disk(
+            "delete",
+            serde_json::json!({"names": names, "active": active}),
+        )
+        .await
     }
     async fn prune_session_caches(&self, r: PruneRequest) -> Result<PruneResult> {
-        self.sessions.prune_session_caches(r).await
+        let active = self.active_sessions();
+        self.session_disk("prune", serde_json::json!({"request": r, "active": active}))
+            .await
     }
     async fn send_guest_response(
         &self,
@@ -718,7 +815,9 @@ impl Backend for KvmBackend {
         result: Option<String>,
         error: Option<String>,
     ) -> Result<()> {
-        self.sessions.send_guest_response(id, result, error).await
+        let _ = (result, error);
+        // Our agent makes no requests of the app (yet).
+        Err(BackendError::NoPendingRequest(id.into()))
     }
 }
 
@@ -762,8 +861,8 @@ async fn accept_reconnects(
 
 /// Notices the guest's own end (a panic reboots it, a crash resets it)
 /// and reaps the VM, so its processes get their exit events and the next
-/// startVM starts afresh.
-async fn watch_guest(vm: Arc<Vm>, state: Arc<Mutex<State>>) {
+/// startVM starts afresh; the log says why, with the console's tail.
+async fn watch_guest(vm: Arc<Vm>, state: Arc<Mutex<State>>, tail: Arc<Mutex<Vec<u8>>>) {
     let exit = vm.exit_handle();
     while exit.reason() == ExitReason::Running {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -780,7 +879,12 @@ async fn watch_guest(vm: Arc<Vm>, state: Arc<Mutex<State>>) {
         st.vm.take()
     };
     if let Some(vm) = taken {
-        tracing::warn!("the guest ended on its own ({:?})", exit.reason());
+        let tail =
+            String::from_utf8_lossy(&tail.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        tracing::error!(
+            "the guest ended on its own ({:?}); console tail:\n{tail}",
+            exit.reason()
+        );
         reap(vm).await;
     }
 }

@@ -128,13 +128,14 @@ pub fn probe_kvm() -> Probe {
         None => Probe {
             backend: Kind::Kvm,
             usable: true,
-            detail: "/dev/kvm is read-write and a guest image is present (sessions in the VM are not supported yet: boot only)".into(),
+            detail: "/dev/kvm is read-write and a guest image is present".into(),
             fix: None,
         },
         Some(reason) => Probe {
             backend: Kind::Kvm,
             usable: false,
-            fix: (!kvm_is_pvm()).then(|| "make image   (builds the guest kernel and rootfs)".to_string()),
+            fix: (!kvm_is_pvm())
+                .then(|| "make image   (builds the guest kernel and rootfs)".to_string()),
             detail: reason,
         },
     }

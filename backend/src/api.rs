@@ -163,7 +163,7 @@ pub struct ProcessStatus {
     pub exit_code: Option<i32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionDiskEntry {
     pub name: String,
@@ -172,7 +172,7 @@ pub struct SessionDiskEntry {
     pub active: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DiskInfo {
     pub total_bytes: u64,
@@ -181,13 +181,13 @@ pub struct DiskInfo {
     pub sessions: Vec<SessionDiskEntry>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct DeleteResult {
     pub deleted: Vec<String>,
     pub errors: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PruneRequest {
     #[serde(default)]
@@ -198,7 +198,7 @@ pub struct PruneRequest {
     pub session_tmp_older_than_seconds: Option<u64>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PruneResult {
     pub pruned_sessions: Vec<String>,

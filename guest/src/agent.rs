@@ -35,6 +35,8 @@ pub struct Config {
     pub read_file_limit: u64,
     /// Running as the VM's agent: mounts and per-process cgroups are ours.
     pub in_vm: bool,
+    /// Where session directories live (the session disk in the VM).
+    pub sessions_root: std::path::PathBuf,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -218,9 +220,53 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             reply(out, req, res).await;
         }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
+        HostMsg::Sessions { req, op, args } => {
+            let root = cfg.sessions_root.clone();
+            let res = tokio::task::spawn_blocking(move || sessions(root, &op, args))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+            match res {
+                Ok(json) => send(out, &GuestMsg::Json { req }, &json).await,
+                Err(error) => send(out, &GuestMsg::Failed { req, error }, &[]).await,
+            }
+        }
         HostMsg::Shutdown => return true,
     }
     false
+}
+
+/// The session disk's bookkeeping (the same rules as the host backends'),
+/// its result as JSON.
+fn sessions(
+    root: std::path::PathBuf,
+    op: &str,
+    args: serde_json::Value,
+) -> Result<Vec<u8>, String> {
+    use cowork_backend::api::PruneRequest;
+    use cowork_backend::session_data::SessionStore;
+    use std::collections::HashSet;
+    let store = SessionStore::new(root);
+    let active: HashSet<String> =
+        serde_json::from_value(args["active"].clone()).unwrap_or_default();
+    let json = match op {
+        "diskInfo" => {
+            let low = args["lowWater"].as_u64().unwrap_or(0);
+            serde_json::to_vec(&store.disk_info(low, &active).map_err(|e| e.to_string())?)
+        }
+        "delete" => {
+            let names: Vec<String> = serde_json::from_value(args["names"].clone())
+                .map_err(|e| format!("delete: names: {e}"))?;
+            serde_json::to_vec(&store.delete(&names, &active))
+        }
+        "prune" => {
+            let req: PruneRequest = serde_json::from_value(args["request"].clone())
+                .map_err(|e| format!("prune: request: {e}"))?;
+            serde_json::to_vec(&store.prune(&req, &active).map_err(|e| e.to_string())?)
+        }
+        other => return Err(format!("unknown session-disk operation {other:?}")),
+    };
+    json.map_err(|e| e.to_string())
 }
 
 async fn reply(out: &Out, req: u64, res: Result<(), String>) {

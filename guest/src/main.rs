@@ -11,7 +11,7 @@ use cowork_guest::forward::{forward, Channel, HostEnd};
 use cowork_guest::{init, wire};
 
 const USAGE: &str =
-    "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES]";
+    "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES] [--sessions-root DIR]";
 /// readFile's ceiling: its reply must fit one host protocol frame.
 const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
 
@@ -19,6 +19,7 @@ struct Args {
     host: HostEnd,
     egress: HostEnd,
     read_file_limit: u64,
+    sessions_root: PathBuf,
     agent_child: bool,
 }
 
@@ -33,6 +34,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             port: wire::EGRESS_PORT,
         },
         read_file_limit: READ_FILE_LIMIT,
+        sessions_root: PathBuf::from(init::SESSION_ROOT),
         agent_child: false,
     };
     while let Some(arg) = it.next() {
@@ -48,6 +50,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--read-file-limit takes bytes\n{USAGE}"))?
             }
+            "--sessions-root" => a.sessions_root = PathBuf::from(value()?),
             "--agent" => a.agent_child = true,
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
@@ -61,6 +64,7 @@ async fn run_agent(args: Args, in_vm: bool) {
     let cfg = Config {
         read_file_limit: args.read_file_limit,
         in_vm,
+        sessions_root: args.sessions_root.clone(),
     };
     if in_vm {
         let egress = args.egress.clone();

@@ -73,6 +73,14 @@ pub enum HostMsg {
     Ping {
         req: u64,
     },
+    /// Bookkeeping of the session disk, done where it is mounted: `op` is
+    /// `diskInfo`, `delete` or `prune`, `args` its request; answered with
+    /// [`GuestMsg::Json`] (the result) or `Failed`.
+    Sessions {
+        req: u64,
+        op: String,
+        args: serde_json::Value,
+    },
     /// End every process, sync, unmount and reboot (ends the VM).
     Shutdown,
 }
@@ -117,6 +125,10 @@ pub enum GuestMsg {
         error: String,
     },
     Pong {
+        req: u64,
+    },
+    /// Payload: a JSON result.
+    Json {
         req: u64,
     },
     /// A message the agent could not act on (no request to answer).

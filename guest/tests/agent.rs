@@ -27,9 +27,12 @@ impl Agent {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("host.sock");
         let l = UnixListener::bind(&path).unwrap();
+        std::fs::create_dir(tmp.path().join("sessions")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_cowork-guest"))
             .arg("--unix")
             .arg(&path)
+            .arg("--sessions-root")
+            .arg(tmp.path().join("sessions"))
             .spawn()
             .unwrap();
         let (s, _) = l.accept().unwrap();
@@ -320,4 +323,77 @@ fn shutdown_ends_processes_and_the_agent() {
     a.recv();
     a.send(&HostMsg::Shutdown, &[]);
     assert_eq!(a.child.wait().unwrap().code(), Some(0));
+}
+
+/// The session disk's bookkeeping runs in the guest: sizes, deleting idle
+/// sessions (never active ones), pruning caches; bad requests fail alone.
+#[test]
+fn session_disk_operations() {
+    let mut a = Agent::start();
+    let root = a._tmp.path().join("sessions");
+    for name in ["idle", "busy"] {
+        std::fs::create_dir_all(root.join(name).join(".cache")).unwrap();
+        std::fs::write(root.join(name).join(".cache/blob"), vec![1u8; 8192]).unwrap();
+        std::fs::write(root.join(name).join("work.txt"), b"work").unwrap();
+    }
+    let mut ask = |req: u64, op: &str, args: serde_json::Value| {
+        a.send(
+            &HostMsg::Sessions {
+                req,
+                op: op.into(),
+                args,
+            },
+            &[],
+        );
+        match a.recv() {
+            (GuestMsg::Json { req: r }, p) if r == req => {
+                Ok(serde_json::from_slice::<serde_json::Value>(&p).unwrap())
+            }
+            (GuestMsg::Failed { req: r, error }, _) if r == req => Err(error),
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let info = ask(
+        1,
+        "diskInfo",
+        serde_json::json!({"lowWater": 0, "active": ["busy"]}),
+    )
+    .unwrap();
+    let sessions = info["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 2, "{info}");
+    assert!(info["totalBytes"].as_u64().unwrap() > 0);
+    let pruned = ask(
+        2,
+        "prune",
+        serde_json::json!({"request": {}, "active": ["busy"]}),
+    )
+    .unwrap();
+    assert_eq!(
+        pruned["prunedSessions"],
+        serde_json::json!(["idle"]),
+        "{pruned}"
+    );
+    assert!(!root.join("idle/.cache/blob").exists());
+    assert!(
+        root.join("busy/.cache/blob").exists(),
+        "an active session is left alone"
+    );
+    let deleted = ask(
+        3,
+        "delete",
+        serde_json::json!({"names": ["idle", "busy"], "active": ["busy"]}),
+    )
+    .unwrap();
+    assert_eq!(deleted["deleted"], serde_json::json!(["idle"]), "{deleted}");
+    assert!(root.join("busy").exists());
+    assert!(ask(4, "delete", serde_json::json!({"names": "x"})).is_err());
+    assert!(ask(5, "format", serde_json::json!({})).is_err());
+    assert!(ask(
+        6,
+        "delete",
+        serde_json::json!({"names": ["../escape"], "active": []})
+    )
+    .unwrap()["errors"]
+        .as_object()
+        .is_some());
 }

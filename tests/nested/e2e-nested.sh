@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -61,6 +61,7 @@ copy_with_libs() {
     done
 }
 copy_with_libs "$helper" /bin/cowork-microvm
+if command -v bwrap >/dev/null; then copy_with_libs "$(command -v bwrap)" /usr/bin/bwrap; fi
 copy_with_libs "$(command -v mke2fs || echo /sbin/mke2fs)" /sbin/mke2fs
 qemu_inner=""
 if [ -f /usr/share/qemu/qboot.rom ]; then
@@ -91,7 +92,7 @@ export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
 call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
-echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25}')"
+echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
 echo "NESTED-PROTO isRunning \$(call isRunning)"
 echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
 run() { /bin/cowork-microvm run --socket /tmp/run/h.sock --name e2e "\$@"; }
@@ -101,6 +102,7 @@ echo "NESTED-SESSION stdin \$(echo piped-in | run -- cat 2>&1 | tr -d '\r\n')"
 echo "NESTED-SESSION bulk \$(run -- sh -c 'dd if=/dev/zero bs=65536 count=256 2>/dev/null | tr "\\000" a' 2>/dev/null | wc -c)"
 echo "NESTED-SESSION home \$(run -- sh -c 'ls /tmp/run >/dev/null 2>&1 && echo host-visible || echo host-invisible' 2>&1 | tr -d '\r\n')"
 run -- sh -c 'echo kept > /sessions/e2e/kept.txt' >/dev/null 2>&1
+echo "NESTED-SESSION cpus" \$(run -- sh -c 'grep -c ^processor /proc/cpuinfo' 2>&1)
 # Shares over virtio-fs: a rw folder (the working directory) and a ro one.
 mkdir -p /tmp/proj /tmp/docs; echo from-host > /tmp/proj/in.txt; echo precious > /tmp/docs/ro.txt
 echo "NESTED-SESSION rw" \$(run --mount /tmp/proj:proj -- sh -c 'cat in.txt; pwd; echo from-vm > out.txt' 2>&1) \$(cat /tmp/proj/out.txt 2>&1)
@@ -126,6 +128,12 @@ sleep 1
 echo "NESTED-SESSION agentKilled rc=\$rc \$(call isGuestConnected)"
 echo "NESTED-SESSION restart \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
+# Figures, side by side in this machine (emulated): spawn->exit and output
+# throughput in the VM against bwrap and the host.
+pkill -f 'cowork-microvm serve'; sleep 1
+/bin/cowork-microvm bench --backend host,bwrap,kvm --iterations 30 --output-mib 16 --json /tmp/bench.json >/tmp/bench.txt 2>&1
+cat /tmp/bench.txt
+echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
 echo NESTED-DONE
 poweroff -f
 INIT
@@ -139,10 +147,11 @@ timeout 900 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nograph
 grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
 qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
+bench=$(sed -n 's/^NESTED-BENCH //p' "$log" | tr -d '\r' | head -n1)
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"

@@ -30,9 +30,8 @@ use crate::layout::*;
 use crate::memory;
 use crate::vcpu::{install_kick_handler, kick_signal, ExitCounts, Vcpu};
 
-/// One until the VMM writes an MP table: without one (and with no ACPI)
-/// a PVH guest finds no other CPU, so extra vCPUs would only idle.
-pub const MAX_VCPUS: u8 = 1;
+/// vCPUs per VM: the guest finds them through the MP table.
+pub const MAX_VCPUS: u8 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -48,7 +47,7 @@ pub enum VmError {
     KernelLoad(PathBuf, String),
     #[error("the guest kernel {0} has no PVH entry note (build it with CONFIG_PVH=y)")]
     NoPvh(PathBuf),
-    #[error("{0} vCPUs asked for; this VMM supports {MAX_VCPUS} so far (an SMP guest needs an MP table, which it does not write yet)")]
+    #[error("{0} vCPUs asked for; a VM has 1 to {MAX_VCPUS}")]
     Vcpus(u8),
     #[error("kernel command line: {0}")]
     Cmdline(String),
@@ -277,6 +276,10 @@ impl Vm {
         }
         let device_loop = EventLoop::start(sources).map_err(other)?;
         let entry = load(&cfg.boot, &mem, &mmio_args)?;
+        if matches!(cfg.boot, Boot::Kernel { .. }) {
+            crate::arch::mptable::write(&mem, cfg.vcpus)
+                .map_err(|e| VmError::Other(e.to_string()))?;
+        }
 
         install_kick_handler();
         let exits = Arc::new(ExitCounts::default());
@@ -285,6 +288,8 @@ impl Vm {
             let fd = setup("create vCPU", vm.create_vcpu(id as u64))?;
             let cpuid = setup("CPUID", cpuid::for_vcpu(&kvm, id, cfg.vcpus))?;
             setup("set CPUID", fd.set_cpuid2(&cpuid))?;
+            regs::set_msrs(&fd).map_err(|e| VmError::Other(e.to_string()))?;
+            regs::set_lint(&fd).map_err(|e| VmError::Other(e.to_string()))?;
             if id == 0 {
                 let set = match entry {
                     Entry::Pvh { rip, start_info } => regs::pvh_entry(&fd, &mem, rip, start_info),

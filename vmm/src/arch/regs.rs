@@ -105,6 +105,57 @@ fn set_segments(
     set_fpu(vcpu)
 }
 
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MISC_ENABLE_FAST_STRING: u64 = 1;
+
+fn lvt(regs: &[std::os::raw::c_char], at: usize) -> u32 {
+    u32::from_le_bytes([
+        regs[at] as u8,
+        regs[at + 1] as u8,
+        regs[at + 2] as u8,
+        regs[at + 3] as u8,
+    ])
+}
+
+fn set_lvt(regs: &mut [std::os::raw::c_char], at: usize, v: u32) {
+    for (i, b) in v.to_le_bytes().iter().enumerate() {
+        regs[at + i] = *b as std::os::raw::c_char;
+    }
+}
+
+/// Local APIC wiring every vCPU needs before the guest programs its own:
+/// LINT0 takes the 8259's interrupts (ExtINT), LINT1 NMIs, as the MP table
+/// says.
+pub fn set_lint(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let mut lapic = vcpu.get_lapic()?;
+    let mode = |v: u32, m: u32| (v & !0x700) | (m << 8);
+    let lint0 = lvt(&lapic.regs, APIC_LVT0);
+    set_lvt(&mut lapic.regs, APIC_LVT0, mode(lint0, APIC_MODE_EXTINT));
+    let lint1 = lvt(&lapic.regs, APIC_LVT1);
+    set_lvt(&mut lapic.regs, APIC_LVT1, mode(lint1, APIC_MODE_NMI));
+    Ok(vcpu.set_lapic(&lapic)?)
+}
+
+/// Boot MSRs: fast string operations on, as firmware leaves them.
+pub fn set_msrs(vcpu: &VcpuFd) -> Result<(), RegsError> {
+    let entries = [kvm_bindings::kvm_msr_entry {
+        index: MSR_IA32_MISC_ENABLE,
+        data: MISC_ENABLE_FAST_STRING,
+        ..Default::default()
+    }];
+    let msrs = kvm_bindings::Msrs::from_entries(&entries)
+        .map_err(|e| RegsError::Memory(format!("MSR list: {e:?}")))?;
+    let set = vcpu.set_msrs(&msrs)?;
+    if set != entries.len() {
+        tracing::debug!("KVM took {set} of {} boot MSRs", entries.len());
+    }
+    Ok(())
+}
+
 /// PVH entry: 32-bit flat protected mode, paging off, RBX = start info.
 pub fn pvh_entry(
     vcpu: &VcpuFd,
