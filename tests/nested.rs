@@ -80,6 +80,31 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
         "the host's files are not in the VM: {r}"
     );
     assert_eq!(
+        s["cpus"], "2",
+        "cpuCount 2: the guest finds both vCPUs in the MP table: {r}"
+    );
+    assert_eq!(
+        s["diskInfo"], r#""name":"e2e""#,
+        "the session disk's sessions, from the guest: {r}"
+    );
+    assert_eq!(
+        s["rw"], "from-host /sessions/e2e/mnt/proj from-vm",
+        "a rw share over virtio-fs, as the working directory, written through: {r}"
+    );
+    assert_eq!(
+        s["ro"], "precious refused precious",
+        "a ro share refuses writes: {r}"
+    );
+    assert_eq!(
+        s["egressAllowed"], "upstream-ok",
+        "an allowed domain through the proxy over vsock: {r}"
+    );
+    assert_eq!(s["egressRefused"], "refused", "a domain not allowed: {r}");
+    assert_eq!(
+        s["egressDirect"], "no-route",
+        "no network but the proxy: {r}"
+    );
+    assert_eq!(
         s["persisted"], "kept",
         "the session disk outlives the helper: {r}"
     );
@@ -93,5 +118,17 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
     assert_eq!(
         s["restart"], "{} back",
         "startVM works after the guest died: {r}"
+    );
+    assert_eq!(
+        s["killed"], r#"{"running":false}"#,
+        "kill through the agent: {r}"
+    );
+    assert!(
+        s["readFile"].as_str().unwrap_or("").contains("kept"),
+        "readFile through the agent: {r}"
+    );
+    assert_eq!(
+        s["panic"], r#"rc=137 {"connected":false} {} after-panic"#,
+        "a kernel panic ends the session and the guest; startVM works again: {r}"
     );
 }

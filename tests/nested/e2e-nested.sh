@@ -103,6 +103,8 @@ echo "NESTED-SESSION bulk \$(run -- sh -c 'dd if=/dev/zero bs=65536 count=256 2>
 echo "NESTED-SESSION home \$(run -- sh -c 'ls /tmp/run >/dev/null 2>&1 && echo host-visible || echo host-invisible' 2>&1 | tr -d '\r\n')"
 run -- sh -c 'echo kept > /sessions/e2e/kept.txt' >/dev/null 2>&1
 echo "NESTED-SESSION cpus" \$(run -- sh -c 'grep -c ^processor /proc/cpuinfo' 2>&1)
+# The session disk's bookkeeping, answered from inside the guest.
+echo "NESTED-SESSION diskInfo" \$(call getSessionsDiskInfo '{}' | grep -o '"name":"e2e"')
 # Shares over virtio-fs: a rw folder (the working directory) and a ro one.
 mkdir -p /tmp/proj /tmp/docs; echo from-host > /tmp/proj/in.txt; echo precious > /tmp/docs/ro.txt
 echo "NESTED-SESSION rw" \$(run --mount /tmp/proj:proj -- sh -c 'cat in.txt; pwd; echo from-vm > out.txt' 2>&1) \$(cat /tmp/proj/out.txt 2>&1)
@@ -115,6 +117,11 @@ get='wget -q -O - http://upstream.test:8080/hello.txt 2>/dev/null || echo refuse
 echo "NESTED-SESSION egressAllowed" \$(run --allow-domain upstream.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressRefused" \$(run --allow-domain other.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressDirect" \$(run --allow-domain upstream.test -- sh -c 'wget -q -Y off -O - http://127.0.0.1:8080/hello.txt 2>/dev/null || echo no-route' 2>&1)
+# kill and readFile through the protocol, as the app calls them.
+call spawn '{"id":"k1","name":"e2e","command":"sleep","args":["30"]}' >/dev/null
+call kill '{"id":"k1","signal":"SIGKILL"}' >/dev/null; sleep 1
+echo "NESTED-SESSION killed \$(call isProcessRunning '{"id":"k1"}')"
+echo "NESTED-SESSION readFile \$(call readFile '{"processName":"e2e","filePath":"/sessions/e2e/kept.txt"}')"
 echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
 # The session disk outlives the VM and the helper.
@@ -127,6 +134,10 @@ run -- sh -c 'kill -9 \$PPID; sleep 30' >/dev/null 2>&1; rc=\$?
 sleep 1
 echo "NESTED-SESSION agentKilled rc=\$rc \$(call isGuestConnected)"
 echo "NESTED-SESSION restart \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
+# A kernel panic: the session ends, the guest is gone, startVM works.
+run -- sh -c 'echo c > /proc/sysrq-trigger; sleep 30' >/dev/null 2>&1; rc=\$?
+sleep 1
+echo "NESTED-SESSION panic rc=\$rc \$(call isGuestConnected) \$(call startVM '{"memoryGB":0.25}') \$(run -- echo after-panic 2>&1 | tr -d '\r\n')"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
 # Figures, side by side in this machine (emulated): spawn->exit and output
 # throughput in the VM against bwrap and the host.
@@ -151,7 +162,7 @@ bench=$(sed -n 's/^NESTED-BENCH //p' "$log" | tr -d '\r' | head -n1)
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
