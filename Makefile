@@ -10,6 +10,8 @@ IMAGE_DIR ?=
 # The guest agent, statically linked (glibc crt-static; no musl toolchain needed).
 AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
+BENCH_FLAGS ?= --quick
+
 .PHONY: help build release agent image repro e2e-nested run test lint fmt bench install
 
 help: ## this list
@@ -46,8 +48,9 @@ lint: ## formatting and clippy, as CI checks them
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: release ## spawn latency, output throughput and memory, per backend
-	./target/release/cowork-microvm bench --backend host,bwrap,kvm --json target/bench.json
+bench: release ## quick benchmark (host, bwrap, kvm where usable): table, target/bench/bench.{json,svg,png}; BENCH_FLAGS= for the full profile
+	mkdir -p target/bench
+	./target/release/cowork-microvm bench --backend host,bwrap,kvm $(BENCH_FLAGS) --json target/bench/bench.json --svg target/bench/bench.svg
 
 install: release agent ## install the helper and the guest agent to $(PREFIX)/bin
 	install -D -m 0755 target/release/cowork-microvm $(DESTDIR)$(PREFIX)/bin/cowork-microvm

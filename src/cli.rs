@@ -176,6 +176,13 @@ pub struct BenchArgs {
     /// Also write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write a chart of the figures here (SVG; a PNG beside it when
+    /// rsvg-convert is installed).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+    /// The backend ratios are computed against [default: the first measured].
+    #[arg(long)]
+    pub baseline: Option<String>,
 }
 
 /// Rewrites the app's and the community launcher's argument forms into

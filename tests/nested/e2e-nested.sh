@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep tar rm mkdir sync; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -142,7 +142,7 @@ echo "NESTED-PROTO stopVM2 \$(call stopVM)"
 # Figures, side by side in this machine (emulated): spawn->exit and output
 # throughput in the VM against bwrap and the host.
 pkill -f 'cowork-microvm serve'; sleep 1
-/bin/cowork-microvm bench --backend host,bwrap,kvm --iterations 30 --output-mib 16 --json /tmp/bench.json >/tmp/bench.txt 2>&1
+/bin/cowork-microvm bench --quick --backend host,bwrap,kvm --json /tmp/bench.json >/tmp/bench.txt 2>&1
 cat /tmp/bench.txt
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
 echo NESTED-DONE

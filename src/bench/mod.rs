@@ -11,6 +11,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
+mod chart;
+mod scenarios;
+
 use crate::cli::BenchArgs;
 use crate::client::{Client, EventStream};
 use crate::select::Kind;
@@ -55,6 +58,13 @@ struct BackendResult {
     spawn_exit_ms: Option<Stats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stdout_mib_s: Option<Stats>,
+    /// stopVM then startVM until the guest (or sandbox) is ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cold_start_ms: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrent: Option<scenarios::Concurrent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    files: Option<scenarios::FileWork>,
     #[serde(skip_serializing_if = "Option::is_none")]
     helper_rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,6 +79,9 @@ impl BackendResult {
             error: None,
             spawn_exit_ms: None,
             stdout_mib_s: None,
+            cold_start_ms: None,
+            concurrent: None,
+            files: None,
             helper_rss_kib: None,
             helper_peak_rss_kib: None,
         }
@@ -133,11 +146,12 @@ impl HelperProcess {
     }
 }
 
+/// Waits for `id`'s exit (passing output sizes on); its exit code.
 async fn wait_exit(
     events: &mut EventStream,
     id: &str,
     mut on_data: impl FnMut(usize),
-) -> Result<()> {
+) -> Result<Option<i32>> {
     loop {
         let ev = events.next().await?;
         if !ev.is_for(id) {
@@ -145,7 +159,7 @@ async fn wait_exit(
         }
         match ev.kind.as_str() {
             "stdout" | "stderr" => on_data(ev.data.map(|d| d.len()).unwrap_or(0)),
-            "exit" => return Ok(()),
+            "exit" => return Ok(ev.exit_code),
             _ => {}
         }
     }
@@ -164,12 +178,19 @@ fn output_file(dir: &Path, mib: usize) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn measure(
-    kind: &str,
-    iterations: usize,
-    mib: usize,
-    repeats: usize,
-) -> Result<BackendResult> {
+/// How big the scenarios are: `--quick` for CI, the full profile for the
+/// figures people quote.
+pub struct Profile {
+    pub iterations: usize,
+    pub mib: usize,
+    pub repeats: usize,
+    pub sessions: usize,
+    pub files: usize,
+    pub big_mib: usize,
+}
+
+async fn measure(kind: &str, p: &Profile) -> Result<BackendResult> {
+    let (iterations, mib, repeats) = (p.iterations, p.mib, p.repeats);
     let mut res = BackendResult::new(kind);
     let helper = HelperProcess::start(kind)?;
     let client = Client::connect(&helper.socket).await?;
@@ -193,7 +214,10 @@ async fn measure(
                 json!({"id": id, "name": "bench", "command": "/bin/true", "args": []}),
             )
             .await?;
-        wait_exit(&mut events, &id, |_| {}).await?;
+        let code = wait_exit(&mut events, &id, |_| {}).await?;
+        if code != Some(0) {
+            bail!("/bin/true exited with {code:?}");
+        }
         if i >= WARMUP {
             lat.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -230,6 +254,11 @@ async fn measure(
         }
     }
     res.stdout_mib_s = Some(stats(rates));
+    let work = helper.dir.join("home/work");
+    std::fs::create_dir_all(&work)?;
+    res.concurrent = Some(scenarios::concurrent(&client, &mut events, kind, p.sessions).await?);
+    res.files = Some(scenarios::file_work(&client, &mut events, kind, &work, p).await?);
+    res.cold_start_ms = Some(scenarios::cold_start(&client, kind, repeats).await?);
     client.call("stopVM", json!({})).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     res.helper_rss_kib = helper.rss_kib("VmRSS:");
@@ -267,11 +296,26 @@ fn skip_reason(kind: Kind) -> Option<String> {
 }
 
 pub fn main(args: BenchArgs) -> Result<i32> {
-    let (iterations, mib, repeats) = if args.quick {
-        (args.iterations.min(30), args.output_mib.min(16), 2)
+    let p = if args.quick {
+        Profile {
+            iterations: args.iterations.min(30),
+            mib: args.output_mib.min(16),
+            repeats: 2,
+            sessions: 10,
+            files: 1000,
+            big_mib: 64,
+        }
     } else {
-        (args.iterations, args.output_mib, 5)
+        Profile {
+            iterations: args.iterations,
+            mib: args.output_mib,
+            repeats: 5,
+            sessions: 50,
+            files: 5000,
+            big_mib: 1024,
+        }
     };
+    let (iterations, mib) = (p.iterations, p.mib);
     if iterations == 0 || mib == 0 {
         bail!("--iterations and --output-mib must be at least 1");
     }
@@ -300,7 +344,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             results.push(r);
             continue;
         }
-        match rt.block_on(measure(kind.as_str(), iterations, mib, repeats)) {
+        match rt.block_on(measure(kind.as_str(), &p)) {
             Ok(r) => results.push(r),
             Err(e) => {
                 eprintln!("bench [{name}] failed: {e:#}");
@@ -311,25 +355,69 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         }
     }
     print_table(&floor, &results);
+    let doc = json!({
+        "tool": "cowork-microvm bench",
+        "version": env!("CARGO_PKG_VERSION"),
+        "profile": if args.quick { "quick" } else { "full" },
+        "iterations": iterations,
+        "outputMiB": mib,
+        "sessions": p.sessions,
+        "files": p.files,
+        "bigFileMiB": p.big_mib,
+        "spawnFloorMs": floor,
+        "results": results,
+    });
+    let figures = chart::figures(&doc);
+    let baseline = args.baseline.clone().or_else(|| {
+        figures
+            .first()
+            .and_then(|f| f.values.first().map(|(b, _)| b.clone()))
+    });
+    let ratios = chart::ratios(&figures, baseline.as_deref());
+    print_ratios(&ratios, baseline.as_deref());
+    let mut doc = doc;
+    doc["baseline"] = json!(baseline);
+    doc["ratios"] = json!(ratios);
     if let Some(path) = &args.json {
-        let doc = json!({
-            "tool": "cowork-microvm bench",
-            "version": env!("CARGO_PKG_VERSION"),
-            "profile": if args.quick { "quick" } else { "full" },
-            "iterations": iterations,
-            "outputMiB": mib,
-            "spawnFloorMs": floor,
-            "results": results,
-        });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "cowork-microvm bench ({} profile) on {}",
+            if args.quick { "quick" } else { "full" },
+            chart::machine()
+        );
+        std::fs::write(path, chart::svg(&title, &figures))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("bench: wrote {}", path.display());
+        match chart::png_from_svg(path) {
+            Ok(png) => eprintln!("bench: wrote {}", png.display()),
+            Err(why) => eprintln!("bench: no PNG: {why}"),
+        }
     }
     Ok(if results.iter().any(|r| r.error.is_some()) {
         1
     } else {
         0
     })
+}
+
+fn print_ratios(ratios: &serde_json::Map<String, serde_json::Value>, baseline: Option<&str>) {
+    let Some(base) = baseline else {
+        return;
+    };
+    println!("\nratios against {base} (higher is slower for times, faster for rates):");
+    for (metric, per) in ratios {
+        let cells: Vec<String> = per
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(b, v)| format!("{b} {:.2}x", v.as_f64().unwrap_or(0.0)))
+            .collect();
+        println!("  {metric:<28} {}", cells.join("  "));
+    }
 }
 
 fn print_table(floor: &Stats, results: &[BackendResult]) {
