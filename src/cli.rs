@@ -183,6 +183,10 @@ pub struct BenchArgs {
     /// The backend ratios are computed against [default: the first measured].
     #[arg(long)]
     pub baseline: Option<String>,
+    /// Also measure the community Node daemon (cowork-vm-service.js) on the
+    /// same backends, driven over the same socket protocol.
+    #[arg(long, value_name = "PATH")]
+    pub peer_node: Option<PathBuf>,
 }
 
 /// Rewrites the app's and the community launcher's argument forms into

@@ -163,6 +163,7 @@ fn doctor_reports_backends_with_fixes() {
 fn bench_quick_profile_writes_json() {
     let (t, _home) = tmp_home();
     let json_path = t.path().join("bench.json");
+    let svg_path = t.path().join("bench.svg");
     let out = command(t.path())
         .args([
             "bench",
@@ -176,6 +177,8 @@ fn bench_quick_profile_writes_json() {
             "--json",
         ])
         .arg(&json_path)
+        .arg("--svg")
+        .arg(&svg_path)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -193,4 +196,15 @@ fn bench_quick_profile_writes_json() {
     );
     assert!(results[2]["skipped"].is_string());
     assert!(String::from_utf8_lossy(&out.stdout).contains("spawn→exit"));
+    // The other scenarios, measured for real on the host backend.
+    let host = &results[0];
+    assert_eq!(host["concurrent"]["sessions"], 10);
+    assert!(host["concurrent"]["mibS"].as_f64().unwrap() > 0.0);
+    assert!(host["files"]["untarS"].as_f64().unwrap() > 0.0, "{host}");
+    assert!(host["files"]["writeMibS"].as_f64().unwrap() > 0.0);
+    assert!(host["coldStartMs"]["samples"].as_u64().unwrap() > 0);
+    assert_eq!(doc["baseline"], "host");
+    assert_eq!(doc["ratios"]["spawnExitMs"]["host"], 1.0);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("spawn→exit"));
 }

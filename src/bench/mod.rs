@@ -104,15 +104,32 @@ impl Drop for HelperProcess {
 }
 
 impl HelperProcess {
-    fn start(backend: &str) -> Result<HelperProcess> {
-        let dir =
-            std::env::temp_dir().join(format!("cowork-bench-{}-{backend}", std::process::id()));
+    fn start(backend: &str, peer: Option<&Path>) -> Result<HelperProcess> {
+        let label = if peer.is_some() { "peer" } else { backend };
+        let dir = std::env::temp_dir().join(format!(
+            "cowork-bench-{}-{label}-{backend}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("home/shared"))?;
         let socket = dir.join("s.sock");
-        let child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--backend", backend, "--socket"])
-            .arg(&socket)
+        // The community daemon speaks the same protocol; it is driven the
+        // way the app starts it, its backend chosen the way it reads it.
+        let mut cmd = match peer {
+            Some(script) => {
+                let mut c = Command::new("node");
+                c.arg(script).arg("-socket").arg(&socket);
+                c.env("COWORK_VM_BACKEND", backend);
+                c
+            }
+            None => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.args(["serve", "--backend", backend, "--socket"])
+                    .arg(&socket);
+                c
+            }
+        };
+        let child = cmd
             .env("COWORK_VM_LOG_FILE", "")
             .env("COWORK_VM_DATA_DIR", dir.join("data"))
             // A home of its own: the shared folder lives there, as the
@@ -122,10 +139,16 @@ impl HelperProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start the helper")?;
-        let h = HelperProcess { child, dir, socket };
+            .with_context(|| match peer {
+                Some(p) => format!("cannot run node {}", p.display()),
+                None => "cannot start the helper".into(),
+            })?;
+        let mut h = HelperProcess { child, dir, socket };
         let start = Instant::now();
         while std::os::unix::net::UnixStream::connect(&h.socket).is_err() {
+            if let Ok(Some(status)) = h.child.try_wait() {
+                bail!("the helper exited ({status}) before listening");
+            }
             if start.elapsed() > Duration::from_secs(10) {
                 bail!("the helper did not listen within 10 s");
             }
@@ -189,10 +212,17 @@ pub struct Profile {
     pub big_mib: usize,
 }
 
-async fn measure(kind: &str, p: &Profile) -> Result<BackendResult> {
+async fn measure(
+    kind: &str,
+    peer: Option<&Path>,
+    label: &str,
+    p: &Profile,
+) -> Result<BackendResult> {
     let (iterations, mib, repeats) = (p.iterations, p.mib, p.repeats);
-    let mut res = BackendResult::new(kind);
-    let helper = HelperProcess::start(kind)?;
+    let mut res = BackendResult::new(label);
+    let helper = HelperProcess::start(kind, peer)?;
+    // From here on, progress and figures are this run's label.
+    let kind = label;
     let client = Client::connect(&helper.socket).await?;
     client
         .call(
@@ -283,6 +313,17 @@ fn spawn_floor(iterations: usize) -> Stats {
     stats(v)
 }
 
+/// Why the community daemon cannot be measured, if it cannot.
+fn peer_missing(script: &Path) -> Option<String> {
+    if !script.is_file() {
+        return Some(format!("{} is not a file", script.display()));
+    }
+    match Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("node is not installed (apt-get install nodejs)".into()),
+    }
+}
+
 fn skip_reason(kind: Kind) -> Option<String> {
     match kind {
         Kind::Host => None,
@@ -325,30 +366,39 @@ pub fn main(args: BenchArgs) -> Result<i32> {
     eprintln!("bench [floor] spawn+wait of /bin/true without a helper: {iterations}");
     let floor = spawn_floor(iterations);
     let mut results = Vec::new();
-    for name in args
+    // Our helper on each backend, then the community daemon on the same
+    // ones when its path is given.
+    let names: Vec<&str> = args
         .backend
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-    {
+        .collect();
+    let mut runs: Vec<(String, &str, Option<&Path>)> =
+        names.iter().map(|n| (n.to_string(), *n, None)).collect();
+    if let Some(peer) = args.peer_node.as_deref() {
+        runs.extend(names.iter().map(|n| (format!("node-{n}"), *n, Some(peer))));
+    }
+    for (label, name, peer) in runs {
         let Some(kind) = Kind::parse(name) else {
-            let mut r = BackendResult::new(name);
+            let mut r = BackendResult::new(&label);
             r.skipped = Some("not a backend (kvm, bwrap, host)".into());
             results.push(r);
             continue;
         };
-        if let Some(why) = skip_reason(kind) {
-            eprintln!("bench [{name}] skipped: {why}");
-            let mut r = BackendResult::new(name);
+        let why = skip_reason(kind).or_else(|| peer.and_then(peer_missing));
+        if let Some(why) = why {
+            eprintln!("bench [{label}] skipped: {why}");
+            let mut r = BackendResult::new(&label);
             r.skipped = Some(why);
             results.push(r);
             continue;
         }
-        match rt.block_on(measure(kind.as_str(), &p)) {
+        match rt.block_on(measure(kind.as_str(), peer, &label, &p)) {
             Ok(r) => results.push(r),
             Err(e) => {
-                eprintln!("bench [{name}] failed: {e:#}");
-                let mut r = BackendResult::new(name);
+                eprintln!("bench [{label}] failed: {e:#}");
+                let mut r = BackendResult::new(&label);
                 r.error = Some(format!("{e:#}"));
                 results.push(r);
             }
