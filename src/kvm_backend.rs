@@ -93,7 +93,10 @@ fn ensure_session_disk(path: &std::path::Path) -> Result<()> {
             "-L",
             "cowork-sessions",
             "-E",
-            "root_owner=0:0",
+            // Lazy inode tables and journal: the guest's kernel finishes
+            // them in the background; zeroing them here would make the
+            // first startVM write hundreds of MiB.
+            "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
         ])
         .arg(&tmp)
         .output();
