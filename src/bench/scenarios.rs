@@ -70,33 +70,43 @@ pub async fn concurrent(
     eprintln!("bench [{kind}] {sessions} concurrent sessions × 1 MiB of output");
     const EACH: usize = 1024 * 1024;
     let t0 = Instant::now();
-    for i in 0..sessions {
-        client
-            .call(
-                "spawn",
-                json!({"id": format!("c{i}"), "name": format!("bench{i}"), "command": "sh",
-                    "args": ["-c", "dd if=/dev/zero bs=65536 count=16 2>/dev/null | tr '\\000' x"]}),
-            )
-            .await?;
-    }
-    let mut bytes = 0usize;
-    let mut left = sessions;
-    while left > 0 {
-        let ev = events.next().await?;
-        let concerns = ev
-            .id
-            .as_ref()
-            .and_then(|v| v.as_str())
-            .is_some_and(|id| id.starts_with('c'));
-        if !concerns {
-            continue;
+    // Events are read while the sessions are started: a subscriber that
+    // stops reading is dropped by the helper (docs/protocol.md).
+    let spawner = async {
+        for i in 0..sessions {
+            client
+                .call(
+                    "spawn",
+                    json!({"id": format!("c{i}"), "name": format!("bench{i}"), "command": "sh",
+                        "args": ["-c", "dd if=/dev/zero bs=65536 count=16 2>/dev/null | tr '\\000' x"]}),
+                )
+                .await?;
         }
-        match ev.kind.as_str() {
-            "stdout" => bytes += ev.data.map(|d| d.len()).unwrap_or(0),
-            "exit" => left -= 1,
-            _ => {}
+        anyhow::Ok(())
+    };
+    let reader = async {
+        let mut bytes = 0usize;
+        let mut left = sessions;
+        while left > 0 {
+            let ev = events.next().await?;
+            let concerns = ev
+                .id
+                .as_ref()
+                .and_then(|v| v.as_str())
+                .is_some_and(|id| id.starts_with('c'));
+            if !concerns {
+                continue;
+            }
+            match ev.kind.as_str() {
+                "stdout" => bytes += ev.data.map(|d| d.len()).unwrap_or(0),
+                "exit" => left -= 1,
+                _ => {}
+            }
         }
-    }
+        anyhow::Ok(bytes)
+    };
+    // A failed spawn ends the wait too.
+    let ((), bytes) = tokio::try_join!(spawner, reader)?;
     let seconds = t0.elapsed().as_secs_f64();
     if bytes != sessions * EACH {
         bail!("output lost: {bytes} of {} bytes", sessions * EACH);

@@ -45,10 +45,10 @@ kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
 
 # The outer machine's initramfs.
 root=$work/initramfs
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,guest,lib/cowork,usr/share/qemu}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep tar rm mkdir sync; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep tar rm mkdir sync cp touch switch_root; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -75,6 +75,16 @@ if [ -f /usr/share/qemu/qboot.rom ]; then
 fi
 cat > "$root/init" <<INIT
 #!/bin/sh
+# bubblewrap cannot pivot_root out of an initramfs: move to a tmpfs root
+# first (switch_root frees the initramfs).
+if [ ! -e /.on-tmpfs ]; then
+    mount -t tmpfs -o size=1200m root /newroot
+    cp -a /bin /sbin /lib /usr /etc /guest /init /newroot/
+    [ -d /lib64 ] && cp -a /lib64 /newroot/
+    mkdir -p /newroot/proc /newroot/sys /newroot/dev /newroot/tmp
+    touch /newroot/.on-tmpfs
+    exec switch_root /newroot /init
+fi
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
