@@ -67,6 +67,24 @@ fn unavailable(reason: impl Into<String>) -> BackendError {
     }
 }
 
+/// virtio-fs keeps a descriptor open for every file the guest has looked
+/// up (until it forgets it): lift the soft limit to the hard one, as
+/// virtiofsd does, and say so when even that is low.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+        }
+    }
+    if hard < 65536 {
+        tracing::warn!("the open-file limit is {hard}: shared folders with many files may fail in the VM (raise it with ulimit -Hn or LimitNOFILE=)");
+    }
+}
+
 /// The per-profile session disk: a sparse file with ext4 inside, made once
 /// and kept, so session data survives stopVM/startVM and helper restarts.
 fn ensure_session_disk(path: &std::path::Path) -> Result<()> {
@@ -441,6 +459,7 @@ impl Backend for KvmBackend {
         }
         let cpus = u8::try_from(cpus).unwrap_or(u8::MAX).clamp(1, max);
         cowork_backend::session_data::create_private_dir(&self.data)?;
+        raise_fd_limit();
         let uds = self.vsock_path()?;
         let agent_path = cowork_vmm::devices::virtio::vsock::host_port_path(
             &uds,
