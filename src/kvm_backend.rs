@@ -47,6 +47,9 @@ const SDK_GUEST: &str = "/run/cowork/sdk";
 
 /// How long stopVM lets the agent shut the guest down before stopping it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// The open-file limit the kvm backend asks for (virtio-fs holds one per
+/// file the guest knows).
+const FD_LIMIT: u64 = 65536;
 /// sun_path holds 108 bytes; the per-port sockets add a suffix.
 const MAX_UDS_LEN: usize = 96;
 
@@ -68,20 +71,21 @@ fn unavailable(reason: impl Into<String>) -> BackendError {
 }
 
 /// virtio-fs keeps a descriptor open for every file the guest has looked
-/// up (until it forgets it): lift the soft limit to the hard one, as
-/// virtiofsd does, and say so when even that is low.
+/// up (until it forgets it): lift the soft open-file limit, as virtiofsd
+/// does, to [`FD_LIMIT`] at most (see docs/vmm.md for why not further).
 fn raise_fd_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    if soft < hard {
-        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+    let want = hard.min(FD_LIMIT);
+    if soft < want {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            tracing::warn!("cannot raise the open-file limit from {soft} to {want}: {e}");
         }
     }
-    if hard < 65536 {
-        tracing::warn!("the open-file limit is {hard}: shared folders with many files may fail in the VM (raise it with ulimit -Hn or LimitNOFILE=)");
+    if want < FD_LIMIT {
+        tracing::warn!("the open-file limit is {want}: shared folders with many files may fail in the VM (raise it with ulimit -Hn or LimitNOFILE=)");
     }
 }
 

@@ -104,6 +104,14 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
         s["egressDirect"], "no-route",
         "no network but the proxy: {r}"
     );
+    // Shared-folder work through our virtio-fs (figures, reported; QEMU
+    // with Debian's virtiofsd beside it when it could run).
+    let ours = r["sharedFolder"]["ours"].as_str().unwrap_or("");
+    assert_eq!(
+        ours.matches('s').count(),
+        3,
+        "untar, ls -lR and rm -rf timed on a share: {r}"
+    );
     assert_eq!(
         s["persisted"], "kept",
         "the session disk outlives the helper: {r}"
