@@ -63,6 +63,20 @@ pub struct KvmBackend {
     egress: Arc<EgressPolicies>,
 }
 
+/// An agent request's outcome in the backend's terms: its refusal or a
+/// lost channel become errors; any other answer is the caller's to match.
+fn agent_answer(what: &'static str, r: std::result::Result<Reply, String>) -> Result<Reply> {
+    match r {
+        Ok(Reply::Failed(e)) => Err(BackendError::invalid(what, e)),
+        Ok(reply) => Ok(reply),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn unexpected(what: &'static str, reply: Reply) -> BackendError {
+    BackendError::invalid(what, format!("unexpected answer {reply:?}"))
+}
+
 fn unavailable(reason: impl Into<String>) -> BackendError {
     BackendError::Unavailable {
         backend: "kvm".into(),
@@ -326,7 +340,7 @@ impl KvmBackend {
         }
         let path = guest.to_string();
         let subdir = Some(share.clone());
-        match link
+        let answer = link
             .request(|req| cowork_guest::wire::HostMsg::Mount {
                 req,
                 tag: FS_TAG.into(),
@@ -334,18 +348,13 @@ impl KvmBackend {
                 path,
                 read_only: ro,
             })
-            .await
-        {
-            Ok(Reply::Done) => {
+            .await;
+        match agent_answer("share", answer)? {
+            Reply::Done => {
                 self.lock().mounted.insert(guest.to_string(), share);
                 Ok(())
             }
-            Ok(Reply::Failed(e)) => Err(BackendError::invalid("share", e)),
-            Ok(other) => Err(BackendError::invalid(
-                "share",
-                format!("unexpected answer {other:?}"),
-            )),
-            Err(e) => Err(unavailable(e)),
+            other => Err(unexpected("share", other)),
         }
     }
 
@@ -375,18 +384,13 @@ impl KvmBackend {
     ) -> Result<T> {
         let link = self.link()?;
         let op = op.to_string();
-        match link
+        let answer = link
             .request(|req| cowork_guest::wire::HostMsg::Sessions { req, op, args })
-            .await
-        {
-            Ok(Reply::Json(bytes)) => serde_json::from_slice(&bytes)
+            .await;
+        match agent_answer("session disk", answer)? {
+            Reply::Json(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|e| BackendError::invalid("session disk", e.to_string())),
-            Ok(Reply::Failed(e)) => Err(BackendError::invalid("session disk", e)),
-            Ok(other) => Err(BackendError::invalid(
-                "session disk",
-                format!("unexpected answer {other:?}"),
-            )),
-            Err(e) => Err(unavailable(e)),
+            other => Err(unexpected("session disk", other)),
         }
     }
 
@@ -760,21 +764,16 @@ impl Backend for KvmBackend {
         cowork_backend::session_data::validate_name("processName", session)?;
         let link = self.link()?;
         let path = path.to_string();
-        match link
+        let answer = link
             .request(|req| cowork_guest::wire::HostMsg::ReadFile {
                 req,
                 path,
                 limit: READ_FILE_LIMIT,
             })
-            .await
-        {
-            Ok(Reply::File(bytes)) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-            Ok(Reply::Failed(e)) => Err(BackendError::invalid("readFile", e)),
-            Ok(other) => Err(BackendError::invalid(
-                "readFile",
-                format!("unexpected answer {other:?}"),
-            )),
-            Err(e) => Err(unavailable(e)),
+            .await;
+        match agent_answer("readFile", answer)? {
+            Reply::File(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+            other => Err(unexpected("readFile", other)),
         }
     }
     async fn mount_path(&self, r: MountPathRequest) -> Result<MountPathResult> {

@@ -52,6 +52,18 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self) {}
 }
 
+/// Copies the window `offset..offset + data.len()` of a device's config
+/// space into `data`; what lies outside it reads as zeros.
+pub fn read_config_window(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|at| usize::try_from(at).ok())
+            .and_then(|at| config.get(at).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// Serves what the driver made available on `queue`, one chain at a time
 /// (`serve` returns the bytes it wrote into the chain), at most one pass
 /// over the ring so a guest that keeps refilling it cannot hold the vCPU;

@@ -138,12 +138,7 @@ impl VirtioDevice for Fs {
         let mut cfg = [0u8; TAG_LEN + 4];
         cfg[..TAG_LEN].copy_from_slice(&self.tag);
         cfg[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|at| cfg.get(at as usize).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_window(&cfg, offset, data);
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {

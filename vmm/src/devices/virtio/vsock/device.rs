@@ -553,12 +553,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|at| cfg.get(at as usize).copied())
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_window(&cfg, offset, data);
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
