@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd pkill kill true head grep tar rm mkdir sync cp touch switch_root sed timeout; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -101,6 +101,7 @@ fi
 # The helper protocol against the kvm backend, as the app drives it.
 export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
 call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
 echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
@@ -136,8 +137,9 @@ echo "NESTED-SESSION readFile \$(call readFile '{"processName":"e2e","filePath":
 echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
 # The session disk outlives the VM and the helper.
-pkill -f 'cowork-microvm serve'; sleep 1
+kill \$helper; wait \$helper 2>/dev/null; sleep 1
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+helper=\$!
 while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
 echo "NESTED-SESSION persisted \$(run -- cat /sessions/e2e/kept.txt 2>&1 | tr -d '\r\n')"
 # The agent dies (the guest reboots): the session ends, startVM works again.
@@ -152,7 +154,7 @@ echo "NESTED-SESSION panic rc=\$rc \$(call isGuestConnected) \$(call startVM '{"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
 # Figures, side by side in this machine (emulated): spawn->exit and output
 # throughput in the VM against bwrap and the host.
-pkill -f 'cowork-microvm serve'; sleep 1
+kill \$helper; wait \$helper 2>/dev/null; sleep 1
 /bin/cowork-microvm bench --quick --backend host,bwrap,kvm --json /tmp/bench.json >/tmp/bench.txt 2>&1
 cat /tmp/bench.txt
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
@@ -164,10 +166,11 @@ i=0; while [ \$i -lt 2000 ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir
 (cd /tmp/fsb/src && tar cf ../tree.tar .); rm -rf /tmp/fsb/src
 fswork='rm -rf x && mkdir x && cd x && time tar xf ../tree.tar && cd .. && time ls -lR x >/dev/null && time rm -rf x'
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+helper=\$!
 while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
 ours=\$(cd / && run --mount /tmp/fsb:fsb -- sh -c "\$fswork" 2>&1 | sed -n 's/^real[[:space:]]*//p' | tr '\n' ' ')
 echo "NESTED-FS ours \$ours"
-call stopVM >/dev/null; pkill -f 'cowork-microvm serve'; sleep 1
+call stopVM >/dev/null; kill \$helper; wait \$helper 2>/dev/null; sleep 1
 if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
     /usr/lib/qemu/virtiofsd --socket-path=/tmp/vfs.sock -o source=/tmp/fsb -o cache=auto -o sandbox=chroot >/tmp/virtiofsd.log 2>&1 &
     while [ ! -S /tmp/vfs.sock ]; do sleep 0.1; done
