@@ -177,7 +177,7 @@ if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
     # QEMU appends its virtio-mmio arguments to the command line, so the
     # guest's shell (init) takes its commands from the console instead.
     printf '%s\n' "mount -t proc p /proc; mount -t tmpfs t /tmp; mkdir /tmp/m; mount -t virtiofs fsb /tmp/m && cd /tmp/m && \$fswork; echo FS-\\\$((1+1))-DONE; reboot -f" | \
-    timeout 900 qemu-system-x86_64 -accel kvm -M microvm,acpi=off,memory-backend=mem -cpu host -m 256 \
+    timeout 300 qemu-system-x86_64 -accel kvm -M microvm,acpi=off,memory-backend=mem -cpu host -m 256 \
         -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -kernel /guest/vmlinux -drive id=root,file=/guest/rootfs-minimal.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root \
         -chardev socket,id=vfs,path=/tmp/vfs.sock -device vhost-user-fs-device,chardev=vfs,tag=fsb \
