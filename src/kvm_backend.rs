@@ -178,6 +178,16 @@ struct State {
     egress_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+impl State {
+    /// What belongs to one VM's life: its shares' mounts and its processes'
+    /// sessions (process ids start afresh with the next agent).
+    fn forget_vm_state(&mut self) {
+        self.share_of.clear();
+        self.mounted.clear();
+        self.session_of.clear();
+    }
+}
+
 /// Each spawned process's egress credential and policy: one transport
 /// carries every session's traffic, so each request says whose it is.
 #[derive(Default)]
@@ -603,8 +613,7 @@ impl Backend for KvmBackend {
             st.vm = Some(vm);
             st.link = Some(link);
             st.shares = Some(shares);
-            st.share_of.clear();
-            st.mounted.clear();
+            st.forget_vm_state();
         }
         let sdk = self.lock().sdk.clone();
         if let (Some(dir), Ok(link)) = (sdk, self.link()) {
@@ -642,10 +651,11 @@ impl Backend for KvmBackend {
                 t.abort();
             }
             st.shares = None;
-            st.share_of.clear();
-            st.mounted.clear();
+            st.forget_vm_state();
             (st.vm.take(), st.link.take())
         };
+        // The VM's processes are gone with it: so are their credentials.
+        self.egress.lock().clear();
         let Some(vm) = vm else {
             return Ok(());
         };
