@@ -12,7 +12,7 @@ AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
 BENCH_FLAGS ?= --quick
 
-.PHONY: help build release agent image repro e2e-nested run test lint fmt bench install
+.PHONY: help build release agent image repro e2e-nested run test lint fmt bench fuzz install
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ fmt: ## format the code
 bench: release ## quick benchmark (host, bwrap, kvm where usable): table, target/bench/bench.{json,svg,png}; BENCH_FLAGS= for the full profile
 	mkdir -p target/bench
 	./target/release/cowork-microvm bench --backend host,bwrap,kvm $(BENCH_FLAGS) --json target/bench/bench.json --svg target/bench/bench.svg
+
+fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; crashes go to fuzz/regressions/
+	fuzz/run.sh $(or $(FUZZ_SECONDS),60)
 
 install: release agent ## install the helper and the guest agent to $(PREFIX)/bin
 	install -D -m 0755 target/release/cowork-microvm $(DESTDIR)$(PREFIX)/bin/cowork-microvm

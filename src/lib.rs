@@ -13,6 +13,8 @@ pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod doctor;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod image;
 pub mod kvm_backend;
 pub mod logging;

@@ -112,6 +112,14 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
         3,
         "untar, ls -lR and rm -rf timed on a share: {r}"
     );
+    if !r["qemu"].is_null() {
+        let theirs = r["sharedFolder"]["qemuVirtiofsd"].as_str().unwrap_or("");
+        assert_eq!(
+            theirs.matches('s').count(),
+            3,
+            "the same work under QEMU with Debian's virtiofsd: {r}"
+        );
+    }
     assert_eq!(
         s["persisted"], "kept",
         "the session disk outlives the helper: {r}"

@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -159,10 +159,10 @@ kill \$helper; wait \$helper 2>/dev/null; sleep 1
 cat /tmp/bench.txt
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
 # Shared-folder work side by side: the same guest kernel and rootfs, the
-# same busybox commands on a 2,000-file tar in a host folder, through our
+# same busybox commands on a 5,000-file tar in a host folder, through our
 # in-process virtio-fs and through QEMU with Debian's external virtiofsd.
 mkdir -p /tmp/fsb/src
-i=0; while [ \$i -lt 2000 ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir \$d; echo "file \$i" > \$d/f\$i.txt; i=\$((i+1)); done
+i=0; while [ \$i -lt 5000 ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir \$d; echo "file \$i" > \$d/f\$i.txt; i=\$((i+1)); done
 (cd /tmp/fsb/src && tar cf ../tree.tar .); rm -rf /tmp/fsb/src
 fswork='rm -rf x && mkdir x && cd x && time tar xf ../tree.tar && cd .. && time ls -lR x >/dev/null && time rm -rf x'
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
@@ -175,14 +175,21 @@ if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
     /usr/lib/qemu/virtiofsd --socket-path=/tmp/vfs.sock -o source=/tmp/fsb -o cache=auto -o sandbox=chroot >/tmp/virtiofsd.log 2>&1 &
     while [ ! -S /tmp/vfs.sock ]; do sleep 0.1; done
     # QEMU appends its virtio-mmio arguments to the command line, so the
-    # guest's shell (init) takes its commands from the console instead.
-    printf '%s\n' "mount -t proc p /proc; mount -t tmpfs t /tmp; mkdir /tmp/m; mount -t virtiofs fsb /tmp/m && cd /tmp/m && \$fswork; echo FS-\\\$((1+1))-DONE; reboot -f" | \
-    timeout 300 qemu-system-x86_64 -accel kvm -M microvm,acpi=off,memory-backend=mem -cpu host -m 256 \
+    # guest's shell (init) takes its commands from the console, written
+    # once its prompt shows (earlier input is lost while the UART comes up).
+    # microvm's virtio-mmio is legacy by default; virtiofsd refuses legacy.
+    mkfifo /tmp/qemu-in
+    timeout 600 qemu-system-x86_64 -accel kvm -M microvm,acpi=off,memory-backend=mem -global virtio-mmio.force-legacy=false -cpu host -m 256 \
         -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
         -kernel /guest/vmlinux -drive id=root,file=/guest/rootfs-minimal.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root \
         -chardev socket,id=vfs,path=/tmp/vfs.sock -device vhost-user-fs-device,chardev=vfs,tag=fsb \
         -append "console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=ext4 quiet init=/bin/sh" \
-        >/tmp/qemu-fs.log 2>&1
+        </tmp/qemu-in >/tmp/qemu-fs.log 2>&1 &
+    qemu_fs=\$!
+    exec 3>/tmp/qemu-in
+    n=0; while ! grep -q '^/ # ' /tmp/qemu-fs.log && [ \$n -lt 600 ]; do sleep 0.5; n=\$((n+1)); done
+    printf '%s\n' "mount -t proc p /proc; mount -t tmpfs t /tmp; mkdir /tmp/m; mount -t virtiofs fsb /tmp/m && cd /tmp/m && \$fswork; echo FS-\\\$((1+1))-DONE; reboot -f" >&3
+    wait \$qemu_fs; exec 3>&-
     echo "NESTED-FS qemu \$(sed -n 's/^real[[:space:]]*//p' /tmp/qemu-fs.log | tr -d '\r' | tr '\n' ' ')"
     grep -q FS-2-DONE /tmp/qemu-fs.log || { echo "NESTED-ERROR qemu-fs"; tail -20 /tmp/qemu-fs.log; cat /tmp/virtiofsd.log; }
 fi
@@ -194,7 +201,7 @@ chmod +x "$root/init"
 
 echo "e2e-nested: outer kernel $dep $version (sha256 $deb_sha); booting under QEMU-TCG" >&2
 log=$work/console.log
-timeout 900 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
+timeout 1500 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
     -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
 grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
@@ -204,7 +211,7 @@ fs() { sed -n "s/^NESTED-FS $1 //p" "$log" | tr -d '\r' | head -n1; }
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": 2000, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": 5000, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"

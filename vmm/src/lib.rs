@@ -6,6 +6,8 @@
 
 pub mod arch;
 pub mod devices;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 pub mod layout;
 pub mod memory;
 pub mod vcpu;
