@@ -14,6 +14,18 @@ pub const BACKEND_ENV: &str = "COWORK_MICROVM_BACKEND";
 pub const COMMUNITY_BACKEND_ENV: &str = "COWORK_VM_BACKEND";
 pub const DATA_DIR_ENV: &str = "COWORK_VM_DATA_DIR";
 pub const IMAGE_DIR_ENV: &str = "COWORK_VM_IMAGE_DIR";
+/// `off` runs the VMM's threads without their seccomp filters (debugging a
+/// refused syscall); anything else keeps them.
+pub const SECCOMP_ENV: &str = "COWORK_VM_SECCOMP";
+
+/// Whether the VMM's threads confine themselves (see [`SECCOMP_ENV`]).
+pub fn vm_seccomp() -> bool {
+    let off = std::env::var(SECCOMP_ENV).is_ok_and(|v| v == "off");
+    if off {
+        tracing::warn!("{SECCOMP_ENV}=off: the VM's threads run without seccomp filters");
+    }
+    !off
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -5,7 +5,8 @@
 
 use cowork_backend::api::{CreateRequest, MountPathRequest, SpawnRequest, StartRequest};
 use cowork_backend::paths::{
-    join_within, parse_guest_path, resolve_host_path, validate_mount_source, HostMount, SessionPaths,
+    join_within, parse_guest_path, resolve_host_path, validate_mount_source, HostMount,
+    SessionPaths,
 };
 use cowork_guest::wire::{self, GuestMsg, HostMsg};
 
@@ -46,7 +47,10 @@ pub fn guest_wire(data: &[u8]) {
         let mut r = data;
         while let Ok(Some(frame)) = wire::read_frame(&mut r).await {
             let Ok(body) = frame else { break };
-            assert!(body.len() <= wire::MAX_FRAME, "frames stay within the limit");
+            assert!(
+                body.len() <= wire::MAX_FRAME,
+                "frames stay within the limit"
+            );
             if let Ok((_, payload)) = wire::decode::<HostMsg>(&body) {
                 assert!(payload.len() < body.len());
             }
@@ -96,7 +100,10 @@ pub fn guest_paths(data: &[u8]) {
         }
     }
     if let Some(joined) = join_within(&share, path) {
-        assert!(joined.starts_with(&share), "{path:?} joined out of the base");
+        assert!(
+            joined.starts_with(&share),
+            "{path:?} joined out of the base"
+        );
     }
     let Ok(canon_home) = home.path().canonicalize() else {
         return;

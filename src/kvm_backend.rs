@@ -515,6 +515,7 @@ impl Backend for KvmBackend {
             mem_mib,
             vcpus: cpus,
             shares: Some(shares.clone()),
+            seccomp: crate::config::vm_seccomp(),
             vsock: Some(cowork_vmm::VsockConfig {
                 cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
                 uds,

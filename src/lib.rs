@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod image;
 pub mod kvm_backend;
 pub mod logging;
+pub mod privileges;
 pub mod protocol;
 pub mod run;
 pub mod select;

@@ -3,13 +3,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use cowork_microvm::cli::{normalize_args, Cli, Command, VmCommand};
 use cowork_microvm::config::{default_socket, Settings};
-use cowork_microvm::{app, bench, doctor, image, logging, run, server, vm_boot};
+use cowork_microvm::{app, bench, doctor, image, logging, privileges, run, server, vm_boot};
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn serve(socket: Option<std::path::PathBuf>, backend: Option<String>) -> anyhow::Result<()> {
+    privileges::close_inherited_descriptors();
     let settings = Settings::load();
     let log = logging::init(logging::log_file_path(&settings.home).as_deref());
     tracing::info!(
@@ -18,6 +19,9 @@ fn serve(socket: Option<std::path::PathBuf>, backend: Option<String>) -> anyhow:
         "cowork-microvm starting"
     );
     let sel = app::choose(&settings, backend.as_deref());
+    let bwrap = cowork_bwrap_fallback::bwrap::probe::find_on_path("bwrap");
+    let privs = privileges::forbid_new_privileges(sel.chosen, bwrap.as_deref());
+    tracing::info!("privilege gain through exec: {privs}");
     let helper = app::build(&settings, &sel, log);
     let socket = socket.unwrap_or_else(default_socket);
     let rt = tokio::runtime::Builder::new_multi_thread()

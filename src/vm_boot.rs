@@ -242,6 +242,7 @@ pub fn main(args: VmBootArgs) -> Result<i32> {
         vcpus: args.cpus,
         disks,
         shares: None,
+        seccomp: crate::config::vm_seccomp(),
         vsock: Some(VsockConfig {
             cid: cowork_vmm::devices::virtio::vsock::GUEST_CID,
             uds,

@@ -161,12 +161,16 @@ pub fn vsock(data: &[u8]) {
     let Ok(mut dev) = Vsock::new(GUEST_CID, &uds) else {
         return;
     };
-    let _listener =
-        std::os::unix::net::UnixListener::bind(crate::devices::virtio::vsock::host_port_path(
-            &uds, 1024,
-        ));
+    let _listener = std::os::unix::net::UnixListener::bind(
+        crate::devices::virtio::vsock::host_port_path(&uds, 1024),
+    );
     let Some(mut d) = Driver::new(3) else { return };
-    d.post(0, &[4, 0, 0, 0x10, 1, 0, 0, 0x10, 1, 0, 0, 0x10, 1, 0, 0, 0x10, 1]);
+    d.post(
+        0,
+        &[
+            4, 0, 0, 0x10, 1, 0, 0, 0x10, 1, 0, 0, 0x10, 1, 0, 0, 0x10, 1,
+        ],
+    );
     d.run(&mut dev, 0);
     d.post(1, data);
     d.run(&mut dev, 1);

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod fuzz;
 pub mod layout;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

@@ -28,6 +28,7 @@ use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{ExitReason, VmExit};
 use crate::layout::*;
 use crate::memory;
+use crate::seccomp::ThreadRole;
 use crate::vcpu::{install_kick_handler, kick_signal, ExitCounts, Vcpu};
 
 /// vCPUs per VM: the guest finds them through the MP table.
@@ -97,6 +98,9 @@ pub struct VmConfig {
     pub shares: Option<Arc<crate::devices::virtio::fs::Shares>>,
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
+    /// Confine the vCPU and device threads with seccomp filters
+    /// ([`crate::seccomp`]) before they run. Off only for debugging.
+    pub seccomp: bool,
 }
 
 pub struct Vm {
@@ -274,7 +278,14 @@ impl Vm {
             insert(&mut mmio, base, VIRTIO_MMIO_SIZE, transport)?;
             mmio_args.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         }
-        let device_loop = EventLoop::start(sources).map_err(other)?;
+        let filter = |role| {
+            cfg.seccomp
+                .then(|| crate::seccomp::filter(role))
+                .transpose()
+                .map_err(|e| VmError::Other(e.to_string()))
+        };
+        let vcpu_filter = filter(ThreadRole::Vcpu)?;
+        let device_loop = EventLoop::start(sources, filter(ThreadRole::Devices)?).map_err(other)?;
         let entry = load(&cfg.boot, &mem, &mmio_args)?;
         if matches!(cfg.boot, Boot::Kernel { .. }) {
             crate::arch::mptable::write(&mem, cfg.vcpus)
@@ -305,9 +316,18 @@ impl Vm {
                 exit: exit.clone(),
                 exits: exits.clone(),
             };
+            let filter = vcpu_filter.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
-                .spawn(move || vcpu.run())
+                .spawn(move || {
+                    if let Some(f) = &filter {
+                        if let Err(e) = seccompiler::apply_filter(f) {
+                            vcpu.exit.request(ExitReason::Failed);
+                            return Err(format!("vCPU {id}: seccomp filter: {e}"));
+                        }
+                    }
+                    vcpu.run()
+                })
                 .map_err(|e| VmError::Other(format!("vCPU thread: {e}")))?;
             threads.push(t);
         }

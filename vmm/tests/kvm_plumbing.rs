@@ -73,6 +73,7 @@ fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
             id: "t".into(),
         }],
         console: Box::new(console.clone()),
+        seccomp: true,
     })
     .unwrap();
     let timer = vm.boot_timer();
@@ -94,6 +95,7 @@ fn bad_configurations_fail_at_once() {
         shares: None,
         vsock: None,
         console: Box::new(std::io::sink()),
+        seccomp: true,
     };
     let kernel = |p: &str| Boot::Kernel {
         path: p.into(),
@@ -129,17 +131,31 @@ fn bad_configurations_fail_at_once() {
     assert!(e(cfg(kernel(notelf.path().to_str().unwrap()), 64, 1)).contains("load"));
 }
 
-/// CPU ticks (user+system) the named thread of this process has used.
-fn thread_ticks(name: &str) -> Option<u64> {
+/// The /proc/self/task entry of the named thread of this process.
+fn thread_dir(name: &str) -> Option<std::path::PathBuf> {
     std::fs::read_dir("/proc/self/task")
         .ok()?
         .flatten()
         .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
-        .and_then(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
-            let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
+        .map(|t| t.path())
+}
+
+/// The named thread's seccomp mode line ("2" is filtered).
+fn thread_seccomp(name: &str) -> Option<String> {
+    let status = std::fs::read_to_string(thread_dir(name)?.join("status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// CPU ticks (user+system) the named thread of this process has used.
+fn thread_ticks(name: &str) -> Option<u64> {
+    thread_dir(name).and_then(|t| {
+        let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    })
 }
 
 /// With every device attached (vsock included) and a guest that never
@@ -174,10 +190,19 @@ fn idle_devices_do_not_spin() {
         }),
         disks: vec![],
         console: Box::new(Console::default()),
+        seccomp: true,
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let ticks = thread_ticks("vm-devices").expect("the device thread exists");
+    // Both kinds of VMM thread confined themselves before running.
+    for thread in ["vm-devices", "vcpu0"] {
+        assert_eq!(
+            thread_seccomp(thread).as_deref(),
+            Some("2"),
+            "{thread} is filtered"
+        );
+    }
     vm.stop();
     vm.wait(None).unwrap();
     eprintln!("device thread: {ticks} ticks in 0.5 s");

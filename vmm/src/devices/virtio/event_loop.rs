@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use seccompiler::BpfProgram;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -43,7 +44,9 @@ fn lock(t: &SharedTransport) -> std::sync::MutexGuard<'_, MmioTransport> {
 }
 
 impl EventLoop {
-    pub fn start(sources: Vec<Source>) -> io::Result<EventLoop> {
+    /// Starts the thread; with `filter`, the thread confines itself to it
+    /// before serving anything (and the start fails if it cannot).
+    pub fn start(sources: Vec<Source>, filter: Option<BpfProgram>) -> io::Result<EventLoop> {
         let epoll = Epoll::new()?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         epoll.ctl(
@@ -63,9 +66,29 @@ impl EventLoop {
             )?;
         }
         let stop_seen = stop.try_clone()?;
+        let (confined_tx, confined) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("vm-devices".into())
-            .spawn(move || run(epoll, sources, stop_seen))?;
+            .spawn(move || {
+                let applied = match &filter {
+                    Some(f) => seccompiler::apply_filter(f).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                };
+                let ok = applied.is_ok();
+                let _ = confined_tx.send(applied);
+                if ok {
+                    run(epoll, sources, stop_seen)
+                }
+            })?;
+        match confined.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(io::Error::other(format!(
+                    "device thread seccomp filter: {e}"
+                )))
+            }
+            Err(_) => return Err(io::Error::other("the device thread ended at start")),
+        }
         Ok(EventLoop {
             stop,
             thread: Some(thread),

@@ -1,0 +1,314 @@
+//! Deny-by-default syscall filters (seccompiler) for the VMM's own threads,
+//! each installed by the thread itself before it touches guest input: a
+//! vCPU thread before its first KVM_RUN, the device thread before its
+//! first epoll wait. Everything else the helper does (sockets, processes,
+//! mke2fs) happens on other threads, which keep their own rights.
+//!
+//! A syscall outside a list fails with EPERM instead of killing the
+//! helper: one helper process serves every session, and a vCPU or device
+//! thread that trips the filter must end its VM, not the others' work.
+//! The lists were taken from the threads' code and strace of the VMM's
+//! tests; docs/security.md says what they allow and why.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Which of the VMM's threads a filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// Runs KVM_RUN and the devices' register accesses (MMIO/PIO exits).
+    Vcpu,
+    /// Serves virtqueues and device backends: virtio-fs passthrough file
+    /// work, vsock's Unix sockets, the disk images.
+    Devices,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    #[error("building the {0:?} seccomp filter: {1}")]
+    Build(ThreadRole, String),
+    #[error("installing the {0:?} seccomp filter: {1}")]
+    Install(ThreadRole, String),
+}
+
+// ioctl request numbers the filters name (x86-64 encodings).
+const KVM_RUN: u64 = 0xae80;
+const FIONBIO: u64 = 0x5421;
+const FIONREAD: u64 = 0x541b;
+const FIOCLEX: u64 = 0x5451;
+
+/// Syscalls every VMM thread needs: memory, locks, time, logging, and
+/// ending the thread.
+const COMMON: &[libc::c_long] = &[
+    libc::SYS_brk,
+    libc::SYS_clock_gettime,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_close,
+    libc::SYS_epoll_ctl,
+    libc::SYS_exit,
+    libc::SYS_futex,
+    libc::SYS_getpid,
+    libc::SYS_getrandom,
+    libc::SYS_gettid,
+    libc::SYS_madvise,
+    libc::SYS_munmap,
+    libc::SYS_nanosleep,
+    libc::SYS_read,
+    libc::SYS_readv,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_sched_yield,
+    libc::SYS_shutdown,
+    libc::SYS_sigaltstack,
+    libc::SYS_write,
+    libc::SYS_writev,
+];
+
+/// The device thread's work beyond [`COMMON`]: the FUSE passthrough server
+/// (files of the shared folders, by descriptor and `*at` calls, and the
+/// per-request credential switch it does when run as root), vsock's Unix
+/// sockets, the disk images' positioned I/O.
+const DEVICES: &[libc::c_long] = &[
+    libc::SYS_accept4,
+    libc::SYS_bind,
+    libc::SYS_connect,
+    libc::SYS_copy_file_range,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_eventfd2,
+    libc::SYS_fallocate,
+    libc::SYS_fchmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchown,
+    libc::SYS_fchownat,
+    libc::SYS_fcntl,
+    libc::SYS_fdatasync,
+    libc::SYS_fgetxattr,
+    libc::SYS_flistxattr,
+    libc::SYS_flock,
+    libc::SYS_fremovexattr,
+    libc::SYS_fsetxattr,
+    libc::SYS_fstat,
+    libc::SYS_fstatfs,
+    libc::SYS_fsync,
+    libc::SYS_ftruncate,
+    libc::SYS_getdents64,
+    libc::SYS_getegid,
+    libc::SYS_geteuid,
+    libc::SYS_getgid,
+    libc::SYS_getsockopt,
+    libc::SYS_getuid,
+    libc::SYS_getxattr,
+    libc::SYS_lgetxattr,
+    libc::SYS_linkat,
+    libc::SYS_listen,
+    libc::SYS_listxattr,
+    libc::SYS_llistxattr,
+    libc::SYS_lremovexattr,
+    libc::SYS_lseek,
+    libc::SYS_lsetxattr,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_newfstatat,
+    libc::SYS_openat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_pread64,
+    libc::SYS_preadv,
+    libc::SYS_preadv2,
+    libc::SYS_pwrite64,
+    libc::SYS_pwritev,
+    libc::SYS_pwritev2,
+    libc::SYS_readlinkat,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_removexattr,
+    libc::SYS_renameat2,
+    libc::SYS_sendmsg,
+    libc::SYS_sendto,
+    libc::SYS_setresgid,
+    libc::SYS_setresuid,
+    libc::SYS_setsockopt,
+    libc::SYS_setxattr,
+    libc::SYS_statfs,
+    libc::SYS_statx,
+    libc::SYS_symlinkat,
+    libc::SYS_umask,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_utimensat,
+];
+
+fn cond(
+    arg: u8,
+    op: SeccompCmpOp,
+    value: u64,
+) -> Result<SeccompCondition, seccompiler::BackendError> {
+    SeccompCondition::new(arg, SeccompCmpArgLen::Qword, op, value)
+}
+
+/// `mmap`/`mprotect`/`mremap` never make memory executable: a thread that
+/// only runs already-loaded code has no reason to.
+fn no_exec(arg: u8) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    let prot_exec = libc::PROT_EXEC as u64;
+    Ok(vec![SeccompRule::new(vec![cond(
+        arg,
+        SeccompCmpOp::MaskedEq(prot_exec),
+        0,
+    )?])?])
+}
+
+/// One rule per allowed value of argument `arg`.
+fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    values
+        .iter()
+        .map(|v| SeccompRule::new(vec![cond(arg, SeccompCmpOp::Eq, *v)?]))
+        .collect()
+}
+
+fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &sc in COMMON {
+        m.insert(sc, vec![]);
+    }
+    m.insert(libc::SYS_mmap, no_exec(2)?);
+    m.insert(libc::SYS_mprotect, no_exec(2)?);
+    // mremap keeps the old protection: allowed as is.
+    m.insert(libc::SYS_mremap, vec![]);
+    // Signals only to this process (a panic's abort); never kill(2).
+    m.insert(libc::SYS_tgkill, one_of(0, &[std::process::id() as u64])?);
+    match role {
+        ThreadRole::Vcpu => {
+            m.insert(libc::SYS_ioctl, one_of(1, &[KVM_RUN])?);
+        }
+        ThreadRole::Devices => {
+            for &sc in DEVICES {
+                m.insert(sc, vec![]);
+            }
+            m.insert(libc::SYS_ioctl, one_of(1, &[FIONBIO, FIONREAD, FIOCLEX])?);
+            // vsock's host side is Unix sockets, nothing else.
+            m.insert(libc::SYS_socket, one_of(0, &[libc::AF_UNIX as u64])?);
+            m.insert(libc::SYS_socketpair, one_of(0, &[libc::AF_UNIX as u64])?);
+        }
+    }
+    Ok(m)
+}
+
+/// The compiled filter for `role`.
+pub fn filter(role: ThreadRole) -> Result<BpfProgram, SeccompError> {
+    let build = |e: &dyn std::fmt::Display| SeccompError::Build(role, e.to_string());
+    let f = SeccompFilter::new(
+        rules(role).map_err(|e| build(&e))?,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .map_err(|e| build(&e))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| build(&e))
+}
+
+/// Installs `role`'s filter on the calling thread (and sets its
+/// no-new-privileges bit, which seccomp requires of unprivileged callers).
+pub fn install(role: ThreadRole) -> Result<(), SeccompError> {
+    let prog = filter(role)?;
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a fresh thread under `role`'s filter.
+    fn confined<T: Send + 'static>(role: ThreadRole, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            install(role).unwrap_or_else(|e| panic!("{e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("confined thread panicked"))
+    }
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    #[test]
+    fn vcpu_threads_cannot_open_files_fork_or_make_sockets() {
+        let (open, sock, fork) = confined(ThreadRole::Vcpu, || {
+            // SAFETY: plain syscalls with valid arguments; their results are
+            // only inspected.
+            unsafe {
+                let open = libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+                let open = (open, errno());
+                let sock = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+                let sock = (sock, errno());
+                let fork = libc::syscall(libc::SYS_fork);
+                (open, sock, (fork, errno()))
+            }
+        });
+        assert_eq!(open, (-1, libc::EPERM), "openat under the vCPU filter");
+        assert_eq!(sock, (-1, libc::EPERM), "socket under the vCPU filter");
+        assert_eq!(fork, (-1, libc::EPERM), "fork under the vCPU filter");
+    }
+
+    #[test]
+    fn device_threads_serve_files_and_unix_sockets_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("f");
+        let results = confined(ThreadRole::Devices, move || {
+            let file = std::fs::write(&path, b"x").is_ok();
+            let unix = std::os::unix::net::UnixDatagram::unbound().is_ok();
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.raw_os_error());
+            // SAFETY: execve of a path that exists, with empty argv/envp;
+            // it is expected to be refused before doing anything.
+            let exec = unsafe {
+                let argv = [std::ptr::null::<libc::c_char>()];
+                libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), argv.as_ptr())
+            };
+            let exec = (exec, errno());
+            // SAFETY: an anonymous mapping, unmapped on success.
+            let wx = unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p != libc::MAP_FAILED {
+                    libc::munmap(p, 4096);
+                }
+                (p == libc::MAP_FAILED, errno())
+            };
+            (file, unix, tcp.err(), exec, wx)
+        });
+        assert!(results.0, "file work is allowed on the device thread");
+        assert!(results.1, "Unix sockets are allowed on the device thread");
+        assert_eq!(
+            results.2,
+            Some(Some(libc::EPERM)),
+            "an inet socket is refused"
+        );
+        assert_eq!(results.3, (-1, libc::EPERM), "execve is refused");
+        assert_eq!(
+            results.4,
+            (true, libc::EPERM),
+            "executable memory is refused"
+        );
+    }
+
+    #[test]
+    fn both_filters_compile() {
+        for role in [ThreadRole::Vcpu, ThreadRole::Devices] {
+            assert!(filter(role).is_ok_and(|p| !p.is_empty()));
+        }
+    }
+}
