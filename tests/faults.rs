@@ -3,6 +3,7 @@
 //! disk under a session, a subscriber that never reads, clients that leave
 //! mid-request, descriptors it inherits. (Guest panics and agent crashes
 //! are the kvm backend's, in the nested harness: tests/nested.rs.)
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! many sessions with output. Every reply and every byte must arrive and
 //! the helper's memory must stay bounded; the figures are printed (run
 //! with `--nocapture`), never asserted as times.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
 
