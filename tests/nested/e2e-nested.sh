@@ -136,8 +136,11 @@ echo "NESTED-SESSION killed \$(call isProcessRunning '{"id":"k1"}')"
 echo "NESTED-SESSION readFile \$(call readFile '{"processName":"e2e","filePath":"/sessions/e2e/kept.txt"}')"
 echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
-# The session disk outlives the VM and the helper.
-kill \$helper; wait \$helper 2>/dev/null; sleep 1
+# The session disk outlives the VM and the helper, even one SIGKILLed
+# mid-session (the VM running, a process in it; the stale socket replaced).
+call startVM '{"memoryGB":0.25}' >/dev/null
+call spawn '{"id":"k2","name":"e2e","command":"sleep","args":["60"]}' >/dev/null
+kill -9 \$helper; wait \$helper 2>/dev/null; sleep 1
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
 while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
