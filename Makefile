@@ -48,9 +48,9 @@ lint: ## formatting and clippy, as CI checks them
 fmt: ## format the code
 	$(CARGO) fmt --all
 
-bench: release ## quick benchmark (host, bwrap, kvm where usable): table, target/bench/bench.{json,svg,png}; BENCH_FLAGS= for the full profile
+bench: release ## quick benchmark (host, bwrap, kvm where usable, and the QEMU+virtiofsd reference): table, target/bench/bench.{json,svg,png}; BENCH_FLAGS= for the full profile
 	mkdir -p target/bench
-	./target/release/cowork-microvm bench --backend host,bwrap,kvm $(BENCH_FLAGS) --json target/bench/bench.json --svg target/bench/bench.svg
+	./target/release/cowork-microvm bench --backend host,bwrap,kvm,qemu $(BENCH_FLAGS) --json target/bench/bench.json --svg target/bench/bench.svg
 
 fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; crashes go to fuzz/regressions/
 	fuzz/run.sh $(or $(FUZZ_SECONDS),60)

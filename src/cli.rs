@@ -161,7 +161,8 @@ pub struct VmBootArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Backends to measure, comma-separated (host, bwrap, kvm).
+    /// Backends to measure, comma-separated (host, bwrap, kvm), and `qemu`:
+    /// the same guest under QEMU with Debian's virtiofsd, for reference.
     #[arg(long, default_value = "host")]
     pub backend: String,
     /// Spawn/exit round trips per backend (after warm-up).

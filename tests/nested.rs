@@ -112,6 +112,25 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
         3,
         "untar, ls -lR and rm -rf timed on a share: {r}"
     );
+    // The benchmark inside, with the QEMU + virtiofsd reference row beside
+    // ours (figures reported, not gated).
+    let rows = r["bench"]["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let row = |name: &str| rows.iter().find(|b| b["backend"] == name).cloned();
+    let kvm = row("kvm").unwrap_or_default();
+    assert!(
+        kvm["spawnExitMs"]["median"].as_f64().is_some(),
+        "the bench measured the kvm backend: {r}"
+    );
+    if !r["qemu"].is_null() {
+        let qemu = row("qemu").unwrap_or_default();
+        assert!(
+            qemu["files"]["untarS"].as_f64().is_some(),
+            "the bench's QEMU + virtiofsd reference row: {r}"
+        );
+    }
     if !r["qemu"].is_null() {
         let theirs = r["sharedFolder"]["qemuVirtiofsd"].as_str().unwrap_or("");
         assert_eq!(

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::json;
 
 mod chart;
+mod qemu_ref;
 mod scenarios;
 
 use crate::cli::BenchArgs;
@@ -380,9 +381,13 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         runs.extend(names.iter().map(|n| (format!("node-{n}"), *n, Some(peer))));
     }
     for (label, name, peer) in runs {
+        if name == "qemu" && peer.is_none() {
+            results.push(reference_row(&p));
+            continue;
+        }
         let Some(kind) = Kind::parse(name) else {
             let mut r = BackendResult::new(&label);
-            r.skipped = Some("not a backend (kvm, bwrap, host)".into());
+            r.skipped = Some("not a backend (kvm, bwrap, host, or qemu for the reference)".into());
             results.push(r);
             continue;
         };
@@ -454,6 +459,27 @@ pub fn main(args: BenchArgs) -> Result<i32> {
     })
 }
 
+/// The QEMU + virtiofsd reference row, or why it was skipped or failed.
+fn reference_row(p: &Profile) -> BackendResult {
+    if let Some(why) = qemu_ref::skip_reason() {
+        eprintln!("bench [qemu] skipped: {why}");
+        let mut r = BackendResult::new("qemu");
+        r.skipped = Some(why);
+        return r;
+    }
+    let dir = std::env::temp_dir().join(format!("cowork-bench-qemu-{}", std::process::id()));
+    let result = std::fs::create_dir_all(&dir)
+        .context("cannot create the reference's directory")
+        .and_then(|()| qemu_ref::measure(p, &dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    result.unwrap_or_else(|e| {
+        eprintln!("bench [qemu] failed: {e:#}");
+        let mut r = BackendResult::new("qemu");
+        r.error = Some(format!("{e:#}"));
+        r
+    })
+}
+
 fn print_ratios(ratios: &serde_json::Map<String, serde_json::Value>, baseline: Option<&str>) {
     let Some(base) = baseline else {
         return;
@@ -494,12 +520,15 @@ fn print_table(floor: &Stats, results: &[BackendResult]) {
             k.map(|k| format!("{:.1}", k as f64 / 1024.0))
                 .unwrap_or("-".into())
         };
+        // Not measured (the QEMU reference has no agent to spawn through).
+        let fig =
+            |v: Option<f64>, prec: usize| v.map(|v| format!("{v:.prec$}")).unwrap_or("-".into());
         println!(
-            "{:<8} {:>14.3} {:>12.3} {:>16.0} {:>12} {:>14}",
+            "{:<8} {:>14} {:>12} {:>16} {:>12} {:>14}",
             r.backend,
-            ms.map(|s| s.median).unwrap_or(0.0),
-            ms.map(|s| s.p90).unwrap_or(0.0),
-            r.stdout_mib_s.as_ref().map(|s| s.median).unwrap_or(0.0),
+            fig(ms.map(|s| s.median), 3),
+            fig(ms.map(|s| s.p90), 3),
+            fig(r.stdout_mib_s.as_ref().map(|s| s.median), 0),
             mib(r.helper_rss_kib),
             mib(r.helper_peak_rss_kib),
         );

@@ -119,8 +119,28 @@ pub async fn concurrent(
     })
 }
 
+/// The shell steps of the file work, in order, run in the shared folder
+/// that holds `tree.tar`: the same on every backend and the QEMU reference.
+pub(super) fn file_steps(p: &Profile) -> [(&'static str, String); 4] {
+    [
+        ("untar", "rm -rf tree && mkdir tree && tar xf tree.tar -C tree".into()),
+        (
+            "churn",
+            format!(
+                "mkdir -p churn && cd churn && i=0; while [ $i -lt {n} ]; do echo x > f$i; i=$((i+1)); done; ls -l > /dev/null; rm -f f*",
+                n = p.files / 5
+            ),
+        ),
+        (
+            "write",
+            format!("dd if=/dev/zero of=big bs=1048576 count={} 2>/dev/null && sync", p.big_mib),
+        ),
+        ("read", "dd if=big of=/dev/null bs=1048576 2>/dev/null".into()),
+    ]
+}
+
 /// A tar of `n` small files in nested directories, made on the host.
-fn make_tree_tar(dir: &Path, n: usize) -> Result<()> {
+pub(super) fn make_tree_tar(dir: &Path, n: usize) -> Result<()> {
     let src = dir.join("tree-src");
     let _ = std::fs::remove_dir_all(&src);
     for i in 0..n {
@@ -163,22 +183,7 @@ pub async fn file_work(
         "bench [{kind}] file work on a shared folder: untar {} files, churn, {} MiB write/read",
         p.files, p.big_mib
     );
-    let steps: [(&str, String); 4] = [
-        ("untar", "rm -rf tree && mkdir tree && tar xf tree.tar -C tree".into()),
-        (
-            "churn",
-            format!(
-                "mkdir -p churn && cd churn && i=0; while [ $i -lt {n} ]; do echo x > f$i; i=$((i+1)); done; ls -l > /dev/null; rm -f f*",
-                n = p.files / 5
-            ),
-        ),
-        (
-            "write",
-            format!("dd if=/dev/zero of=big bs=1048576 count={} 2>/dev/null && sync", p.big_mib),
-        ),
-        ("read", "dd if=big of=/dev/null bs=1048576 2>/dev/null".into()),
-    ];
-    for (id, script) in steps {
+    for (id, script) in file_steps(p) {
         match timed(client, events, id, &script, cwd, &mounts).await {
             Ok(s) => match id {
                 "untar" => out.untar_s = Some(s),

@@ -158,7 +158,7 @@ echo "NESTED-PROTO stopVM2 \$(call stopVM)"
 # Figures, side by side in this machine (emulated): spawn->exit and output
 # throughput in the VM against bwrap and the host.
 kill \$helper; wait \$helper 2>/dev/null; sleep 1
-/bin/cowork-microvm bench --quick --backend host,bwrap,kvm --json /tmp/bench.json >/tmp/bench.txt 2>&1
+/bin/cowork-microvm bench --quick --backend host,bwrap,kvm,qemu --json /tmp/bench.json >/tmp/bench.txt 2>&1
 cat /tmp/bench.txt
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
 # Shared-folder work side by side: the same guest kernel and rootfs, the
