@@ -31,18 +31,28 @@ fn app_retry_loop(socket: &std::path::Path) -> usize {
     panic!("no helper answered on {} within 30 s", socket.display());
 }
 
+/// Runs `script` in session s1 with the home folder `mount` as its rw
+/// working folder.
+fn spawn_in_mount(h: &Helper, id: &str, mount: &str, script: &str) {
+    let params = json!({"id": id, "name": "s1", "command": "/bin/sh", "args": ["-c", script],
+        "cwd": "/sessions/s1", "additionalMounts": {mount: {"path": mount, "mode": "rw"}}});
+    let mut c = h.conn();
+    c.send(&json!({"method": "spawn", "id": 1, "params": params}));
+    assert_eq!(c.recv().unwrap()["success"], true);
+}
+
 #[test]
 fn helper_killed_mid_session_is_restarted_in_place_with_the_work_intact() {
     let mut h = Helper::start();
     let proj = h.mkdir("proj");
     let mut ev = h.subscribe();
     let p = h.started();
-    let body = br#"{"method":"spawn","id":1,"params":{"id":"w","name":"s1","command":"/bin/sh",
-        "args":["-c","echo kept > out.txt && echo written && exec sleep 601"],"cwd":"/sessions/s1",
-        "additionalMounts":{"proj":{"path":"proj","mode":"rw"}}}}"#;
-    let mut c = h.conn();
-    c.send_body(body);
-    assert_eq!(c.recv().unwrap()["success"], true);
+    spawn_in_mount(
+        &h,
+        "w",
+        "proj",
+        "echo kept > out.txt && echo written && exec sleep 601",
+    );
     loop {
         let e = ev.next();
         if e["id"] == "w" && e["type"] == "stdout" {
@@ -128,12 +138,12 @@ fn a_full_disk_fails_the_write_not_the_helper() {
     let _unmount = Unmount(small.clone());
     let mut ev = h.subscribe();
     let _p = h.started();
-    let body = br#"{"method":"spawn","id":1,"params":{"id":"fill","name":"s1","command":"/bin/sh",
-        "args":["-c","dd if=/dev/zero of=big bs=64k count=64 2>/dev/null; echo rc=$?"],"cwd":"/sessions/s1",
-        "additionalMounts":{"small":{"path":"small","mode":"rw"}}}}"#;
-    let mut c = h.conn();
-    c.send_body(body);
-    assert_eq!(c.recv().unwrap()["success"], true);
+    spawn_in_mount(
+        &h,
+        "fill",
+        "small",
+        "dd if=/dev/zero of=big bs=64k count=64 2>/dev/null; echo rc=$?",
+    );
     let out = ev.until_exit("fill");
     assert_eq!(out.stdout, "rc=1\n", "the session sees the disk full");
     // Everything else goes on: new sessions, reads of what was written.
@@ -197,17 +207,6 @@ fn a_subscriber_that_never_reads_is_dropped_and_the_others_get_everything() {
     let mut sink = Vec::new();
     let _ = stuck.s.read_to_end(&mut sink);
     assert!(!sink.is_empty());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[test]

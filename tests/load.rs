@@ -13,17 +13,6 @@ use std::time::Instant;
 use common::*;
 use serde_json::{json, Value};
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn two_hundred_clients_at_once_all_get_their_replies() {
     let h = Arc::new(Helper::start());

@@ -159,15 +159,20 @@ impl HelperProcess {
     }
 
     fn rss_kib(&self, field: &str) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find(|l| l.starts_with(field))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
+        status_kib(self.child.id(), field)
     }
+}
+
+/// A KiB figure (`VmRSS:`, `VmHWM:`) from process `pid`'s status.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Waits for `id`'s exit (passing output sizes on); its exit code.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::scenarios::{file_steps, make_tree_tar, FileWork};
-use super::{stats, BackendResult, Profile};
+use super::{stats, status_kib, BackendResult, Profile};
 
 const VIRTIOFSD: &[&str] = &["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"];
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -92,14 +92,7 @@ impl Drop for Running {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS:").unwrap_or(0)
 }
 
 /// Waits until the console output satisfies `done`, QEMU ends, or `limit`.

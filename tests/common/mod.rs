@@ -286,3 +286,15 @@ pub fn sh(id: &str, script: &str) -> Value {
 pub fn is_root() -> bool {
     nix::unistd::getuid().is_root()
 }
+
+/// Process `pid`'s resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -63,6 +63,13 @@ copy_with_libs() {
 copy_with_libs "$helper" /bin/cowork-microvm
 if command -v bwrap >/dev/null; then copy_with_libs "$(command -v bwrap)" /usr/bin/bwrap; fi
 copy_with_libs "$(command -v mke2fs || echo /sbin/mke2fs)" /sbin/mke2fs
+# NESTED_STRACE=1: the first kvm helper runs under strace -f -c (the
+# syscalls the whole helper uses, for its seccomp lists; slow).
+strace_prefix=""
+if [ -n "${NESTED_STRACE:-}" ] && command -v strace >/dev/null; then
+    copy_with_libs "$(command -v strace)" /usr/bin/strace
+    strace_prefix="/usr/bin/strace -f -c -o /tmp/strace.txt"
+fi
 qemu_inner=""
 if [ -f /usr/share/qemu/qboot.rom ]; then
     # At /usr/bin: QEMU finds its data relative to its own path.
@@ -100,7 +107,7 @@ if [ -n "$qemu_inner" ]; then
 fi
 # The helper protocol against the kvm backend, as the app drives it.
 export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
-/bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+$strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
 call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
@@ -140,7 +147,10 @@ echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
 # mid-session (the VM running, a process in it; the stale socket replaced).
 call startVM '{"memoryGB":0.25}' >/dev/null
 call spawn '{"id":"k2","name":"e2e","command":"sleep","args":["60"]}' >/dev/null
-kill -9 \$helper; wait \$helper 2>/dev/null; sleep 1
+victim=\$helper
+[ -n "$strace_prefix" ] && victim=\$(cut -d' ' -f1 /proc/\$helper/task/\$helper/children)
+kill -9 \$victim; wait \$helper 2>/dev/null; sleep 1
+[ -f /tmp/strace.txt ] && { echo NESTED-STRACE-BEGIN; cat /tmp/strace.txt; echo NESTED-STRACE-END; }
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
 while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
