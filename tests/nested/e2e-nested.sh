@@ -172,10 +172,10 @@ kill \$helper; wait \$helper 2>/dev/null; sleep 1
 cat /tmp/bench.txt
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
 # Shared-folder work side by side: the same guest kernel and rootfs, the
-# same busybox commands on a 5,000-file tar in a host folder, through our
+# same busybox commands on a 2,000-file tar in a host folder, through our
 # in-process virtio-fs and through QEMU with Debian's external virtiofsd.
 mkdir -p /tmp/fsb/src
-i=0; while [ \$i -lt 5000 ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir \$d; echo "file \$i" > \$d/f\$i.txt; i=\$((i+1)); done
+i=0; while [ \$i -lt 2000 ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir \$d; echo "file \$i" > \$d/f\$i.txt; i=\$((i+1)); done
 (cd /tmp/fsb/src && tar cf ../tree.tar .); rm -rf /tmp/fsb/src
 fswork='rm -rf x && mkdir x && cd x && time tar xf ../tree.tar && cd .. && time ls -lR x >/dev/null && time rm -rf x'
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
@@ -214,7 +214,7 @@ chmod +x "$root/init"
 
 echo "e2e-nested: outer kernel $dep $version (sha256 $deb_sha); booting under QEMU-TCG" >&2
 log=$work/console.log
-timeout 1500 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
+timeout 2400 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
     -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
 grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
@@ -224,7 +224,7 @@ fs() { sed -n "s/^NESTED-FS $1 //p" "$log" | tr -d '\r' | head -n1; }
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": 5000, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": 2000, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
