@@ -14,17 +14,26 @@ pub const BACKEND_ENV: &str = "COWORK_MICROVM_BACKEND";
 pub const COMMUNITY_BACKEND_ENV: &str = "COWORK_VM_BACKEND";
 pub const DATA_DIR_ENV: &str = "COWORK_VM_DATA_DIR";
 pub const IMAGE_DIR_ENV: &str = "COWORK_VM_IMAGE_DIR";
-/// `off` runs the VMM's threads without their seccomp filters (debugging a
-/// refused syscall); anything else keeps them.
+/// `off` runs the VMM's threads and a kvm helper without their seccomp
+/// filters, `log` lets through but logs (kernel log, `audit: type=1326`)
+/// what they would refuse; both for debugging. Anything else enforces.
 pub const SECCOMP_ENV: &str = "COWORK_VM_SECCOMP";
 
-/// Whether the VMM's threads confine themselves (see [`SECCOMP_ENV`]).
-pub fn vm_seccomp() -> bool {
-    let off = std::env::var(SECCOMP_ENV).is_ok_and(|v| v == "off");
-    if off {
-        tracing::warn!("{SECCOMP_ENV}=off: the VM's threads run without seccomp filters");
+/// How the VMM's threads and a kvm helper confine themselves (see
+/// [`SECCOMP_ENV`]).
+pub fn vm_seccomp() -> Option<cowork_vmm::seccomp::Mode> {
+    use cowork_vmm::seccomp::Mode;
+    match std::env::var(SECCOMP_ENV).as_deref() {
+        Ok("off") => {
+            tracing::warn!("{SECCOMP_ENV}=off: the VM's threads run without seccomp filters");
+            None
+        }
+        Ok("log") => {
+            tracing::warn!("{SECCOMP_ENV}=log: seccomp filters only log what they would refuse");
+            Some(Mode::Log)
+        }
+        _ => Some(Mode::Enforce),
     }
-    !off
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cowork_microvm::cli::{normalize_args, Cli, Command, VmCommand};
 use cowork_microvm::config::{default_socket, Settings};
+use cowork_microvm::select::Kind;
 use cowork_microvm::{app, bench, doctor, image, logging, privileges, run, server, vm_boot};
 
 fn exit(code: i32) -> ExitCode {
@@ -28,6 +29,17 @@ fn serve(socket: Option<std::path::PathBuf>, backend: Option<String>) -> anyhow:
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // A kvm helper runs no session process of its own, so the whole process
+    // can be confined (bwrap and host start the sessions' programs, which
+    // would inherit a filter). After the runtime exists: its threads too.
+    if sel.chosen == Kind::Kvm && sel.usable {
+        if let Some(mode) = cowork_microvm::config::vm_seccomp() {
+            match cowork_vmm::seccomp::install_process_wide(mode) {
+                Ok(()) => tracing::info!("seccomp: the helper's threads are filtered ({mode:?})"),
+                Err(e) => tracing::warn!("seccomp: {e}; the helper runs unfiltered"),
+            }
+        }
+    }
     let result = rt.block_on(async {
         let bound = server::bind(&socket)?;
         server::run(helper, bound).await?;

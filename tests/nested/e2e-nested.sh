@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo dmesg; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -106,7 +106,9 @@ if [ -n "$qemu_inner" ]; then
     echo; echo "NESTED-RESULT qemu \$(cat /tmp/qemu.json)"
 fi
 # The helper protocol against the kvm backend, as the app drives it.
-export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log
+# NESTED_SECCOMP=log: the filters let everything through and the kernel
+# logs what they would have refused (printed at the end).
+export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log COWORK_VM_SECCOMP=${NESTED_SECCOMP:-}
 $strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
@@ -206,6 +208,7 @@ if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
     echo "NESTED-FS qemu \$(sed -n 's/^real[[:space:]]*//p' /tmp/qemu-fs.log | tr -d '\r' | tr '\n' ' ')"
     grep -q FS-2-DONE /tmp/qemu-fs.log || { echo "NESTED-ERROR qemu-fs"; tail -20 /tmp/qemu-fs.log; cat /tmp/virtiofsd.log; }
 fi
+dmesg | grep 'type=1326' | head -40 | sed 's/^/NESTED-SECCOMP /'
 echo NESTED-DONE
 poweroff -f
 INIT

@@ -1,8 +1,10 @@
-//! Deny-by-default syscall filters (seccompiler) for the VMM's own threads,
-//! each installed by the thread itself before it touches guest input: a
-//! vCPU thread before its first KVM_RUN, the device thread before its
-//! first epoll wait. Everything else the helper does (sockets, processes,
-//! mke2fs) happens on other threads, which keep their own rights.
+//! Deny-by-default syscall filters (seccompiler). The VMM's own threads
+//! each install theirs before they touch guest input: a vCPU thread before
+//! its first KVM_RUN, the device thread before its first epoll wait. A
+//! helper serving the kvm backend also confines the whole process (every
+//! thread, and mke2fs, the one program it runs) with the broader
+//! [`ThreadRole::Helper`] list first; filters stack, so that list holds
+//! everything the VMM threads' lists allow.
 //!
 //! A syscall outside a list fails with EPERM instead of killing the
 //! helper: one helper process serves every session, and a vCPU or device
@@ -25,6 +27,19 @@ pub enum ThreadRole {
     /// Serves virtqueues and device backends: virtio-fs passthrough file
     /// work, vsock's Unix sockets, the disk images.
     Devices,
+    /// Every thread of a helper serving the kvm backend: the socket server
+    /// (tokio), the egress proxy, VM setup, the session disk's mke2fs.
+    Helper,
+}
+
+/// What a filter does with a syscall outside its list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Refuse it with EPERM.
+    Enforce,
+    /// Let it run and have the kernel log it (`audit: type=1326` in the
+    /// kernel log): for finding what a list lacks, never for real use.
+    Log,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,10 +187,110 @@ fn one_of(arg: u8, values: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::Back
         .collect()
 }
 
+/// The helper process's work beyond [`COMMON`] and [`DEVICES`]: the tokio
+/// runtime, the socket server, the egress proxy (DNS, TCP), creating the
+/// VM, starting mke2fs and what mke2fs itself calls. Not in it: mounts,
+/// namespaces, ptrace and other processes' memory, module and kexec
+/// loading, bpf, perf, keyrings, io_uring, userfaultfd, open_by_handle_at,
+/// clock and reboot changes.
+const HELPER: &[libc::c_long] = &[
+    libc::SYS_access,
+    libc::SYS_arch_prctl,
+    libc::SYS_capget,
+    libc::SYS_chdir,
+    libc::SYS_chmod,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_close_range,
+    libc::SYS_dup2,
+    libc::SYS_epoll_create1,
+    libc::SYS_exit_group,
+    libc::SYS_faccessat,
+    libc::SYS_faccessat2,
+    libc::SYS_fadvise64,
+    libc::SYS_fchdir,
+    libc::SYS_getcwd,
+    libc::SYS_getpeername,
+    libc::SYS_getpgid,
+    libc::SYS_getppid,
+    libc::SYS_getresgid,
+    libc::SYS_getresuid,
+    libc::SYS_getrlimit,
+    libc::SYS_getrusage,
+    libc::SYS_getsockname,
+    libc::SYS_kill,
+    libc::SYS_memfd_create,
+    libc::SYS_mkdir,
+    libc::SYS_newfstatat,
+    libc::SYS_open,
+    libc::SYS_pidfd_open,
+    libc::SYS_pidfd_send_signal,
+    libc::SYS_pipe2,
+    libc::SYS_prctl,
+    libc::SYS_prlimit64,
+    libc::SYS_readlink,
+    libc::SYS_recvmmsg,
+    libc::SYS_rename,
+    libc::SYS_restart_syscall,
+    libc::SYS_rmdir,
+    libc::SYS_rseq,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_sendmmsg,
+    libc::SYS_set_robust_list,
+    libc::SYS_set_tid_address,
+    libc::SYS_setpgid,
+    libc::SYS_setrlimit,
+    libc::SYS_setsid,
+    libc::SYS_signalfd4,
+    libc::SYS_stat,
+    libc::SYS_lstat,
+    libc::SYS_sync,
+    libc::SYS_sync_file_range,
+    libc::SYS_sysinfo,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_uname,
+    libc::SYS_wait4,
+    libc::SYS_waitid,
+    libc::SYS_epoll_pwait2,
+];
+
 fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &sc in COMMON {
         m.insert(sc, vec![]);
+    }
+    if role == ThreadRole::Helper {
+        for &sc in DEVICES.iter().chain(HELPER) {
+            m.insert(sc, vec![]);
+        }
+        // Shared libraries (the resolver's NSS modules, mke2fs's own) are
+        // mapped executable; KVM setup and the terminal take many ioctls
+        // (the VMM threads' own filters narrow them again).
+        for sc in [
+            libc::SYS_mmap,
+            libc::SYS_mprotect,
+            libc::SYS_mremap,
+            libc::SYS_ioctl,
+            libc::SYS_execve,
+            libc::SYS_tgkill,
+        ] {
+            m.insert(sc, vec![]);
+        }
+        // Unix sockets (the app, vsock), TCP/UDP (the proxy, DNS), netlink
+        // (the resolver's interface query).
+        let domains = [
+            libc::AF_UNIX,
+            libc::AF_INET,
+            libc::AF_INET6,
+            libc::AF_NETLINK,
+        ];
+        let domains: Vec<u64> = domains.iter().map(|d| *d as u64).collect();
+        m.insert(libc::SYS_socket, one_of(0, &domains)?);
+        m.insert(libc::SYS_socketpair, one_of(0, &[libc::AF_UNIX as u64])?);
+        return Ok(m);
     }
     m.insert(libc::SYS_mmap, no_exec(2)?);
     m.insert(libc::SYS_mprotect, no_exec(2)?);
@@ -187,6 +302,7 @@ fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         ThreadRole::Vcpu => {
             m.insert(libc::SYS_ioctl, one_of(1, &[KVM_RUN])?);
         }
+        ThreadRole::Helper => {}
         ThreadRole::Devices => {
             for &sc in DEVICES {
                 m.insert(sc, vec![]);
@@ -201,11 +317,15 @@ fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
 }
 
 /// The compiled filter for `role`.
-pub fn filter(role: ThreadRole) -> Result<BpfProgram, SeccompError> {
+pub fn filter(role: ThreadRole, mode: Mode) -> Result<BpfProgram, SeccompError> {
     let build = |e: &dyn std::fmt::Display| SeccompError::Build(role, e.to_string());
+    let mismatch = match mode {
+        Mode::Enforce => SeccompAction::Errno(libc::EPERM as u32),
+        Mode::Log => SeccompAction::Log,
+    };
     let f = SeccompFilter::new(
         rules(role).map_err(|e| build(&e))?,
-        SeccompAction::Errno(libc::EPERM as u32),
+        mismatch,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
@@ -216,9 +336,18 @@ pub fn filter(role: ThreadRole) -> Result<BpfProgram, SeccompError> {
 
 /// Installs `role`'s filter on the calling thread (and sets its
 /// no-new-privileges bit, which seccomp requires of unprivileged callers).
-pub fn install(role: ThreadRole) -> Result<(), SeccompError> {
-    let prog = filter(role)?;
+pub fn install(role: ThreadRole, mode: Mode) -> Result<(), SeccompError> {
+    let prog = filter(role, mode)?;
     seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e.to_string()))
+}
+
+/// Installs the [`ThreadRole::Helper`] filter on every thread of this
+/// process at once; threads started later inherit it.
+pub fn install_process_wide(mode: Mode) -> Result<(), SeccompError> {
+    let role = ThreadRole::Helper;
+    let prog = filter(role, mode)?;
+    seccompiler::apply_filter_all_threads(&prog)
+        .map_err(|e| SeccompError::Install(role, e.to_string()))
 }
 
 #[cfg(test)]
@@ -228,7 +357,7 @@ mod tests {
     /// Runs `f` on a fresh thread under `role`'s filter.
     fn confined<T: Send + 'static>(role: ThreadRole, f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            install(role).unwrap_or_else(|e| panic!("{e}"));
+            install(role, Mode::Enforce).unwrap_or_else(|e| panic!("{e}"));
             f()
         })
         .join()
@@ -306,9 +435,57 @@ mod tests {
     }
 
     #[test]
-    fn both_filters_compile() {
-        for role in [ThreadRole::Vcpu, ThreadRole::Devices] {
-            assert!(filter(role).is_ok_and(|p| !p.is_empty()));
+    fn every_filter_compiles_in_both_modes() {
+        for role in [ThreadRole::Vcpu, ThreadRole::Devices, ThreadRole::Helper] {
+            for mode in [Mode::Enforce, Mode::Log] {
+                assert!(filter(role, mode).is_ok_and(|p| !p.is_empty()));
+            }
         }
+    }
+
+    /// Filters stack: the helper's must let through every syscall the VMM
+    /// threads' filters allow, or those threads would be refused twice over.
+    #[test]
+    fn the_helper_list_covers_the_vmm_threads_lists() {
+        let helper = rules(ThreadRole::Helper).unwrap_or_default();
+        for role in [ThreadRole::Vcpu, ThreadRole::Devices] {
+            for sc in rules(role).unwrap_or_default().keys() {
+                assert!(
+                    helper.contains_key(sc),
+                    "{role:?} allows syscall {sc}, the helper not"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_helper_filter_refuses_mounts_namespaces_and_ptrace() {
+        let (mount, unshare, ptrace, file) = confined(ThreadRole::Helper, || {
+            // SAFETY: syscalls with valid (or null) arguments; only their
+            // results are inspected, and each is expected to be refused.
+            unsafe {
+                let mount = libc::mount(
+                    c"none".as_ptr(),
+                    c"/mnt".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                );
+                let mount = (mount, errno());
+                let unshare = (libc::unshare(libc::CLONE_NEWUSER), errno());
+                let ptrace = libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                let ptrace = (ptrace, errno());
+                (
+                    mount,
+                    unshare,
+                    (ptrace.0 as i32, ptrace.1),
+                    std::fs::metadata("/").is_ok(),
+                )
+            }
+        });
+        assert_eq!(mount, (-1, libc::EPERM));
+        assert_eq!(unshare, (-1, libc::EPERM));
+        assert_eq!(ptrace, (-1, libc::EPERM));
+        assert!(file, "ordinary file work goes on");
     }
 }

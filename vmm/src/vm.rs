@@ -99,8 +99,8 @@ pub struct VmConfig {
     /// Where the serial console goes.
     pub console: Box<dyn Write + Send>,
     /// Confine the vCPU and device threads with seccomp filters
-    /// ([`crate::seccomp`]) before they run. Off only for debugging.
-    pub seccomp: bool,
+    /// ([`crate::seccomp`]) before they run; `None` only for debugging.
+    pub seccomp: Option<crate::seccomp::Mode>,
 }
 
 pub struct Vm {
@@ -280,7 +280,7 @@ impl Vm {
         }
         let filter = |role| {
             cfg.seccomp
-                .then(|| crate::seccomp::filter(role))
+                .map(|mode| crate::seccomp::filter(role, mode))
                 .transpose()
                 .map_err(|e| VmError::Other(e.to_string()))
         };

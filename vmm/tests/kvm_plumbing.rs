@@ -73,7 +73,7 @@ fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
             id: "t".into(),
         }],
         console: Box::new(console.clone()),
-        seccomp: true,
+        seccomp: Some(cowork_vmm::seccomp::Mode::Enforce),
     })
     .unwrap();
     let timer = vm.boot_timer();
@@ -95,7 +95,7 @@ fn bad_configurations_fail_at_once() {
         shares: None,
         vsock: None,
         console: Box::new(std::io::sink()),
-        seccomp: true,
+        seccomp: Some(cowork_vmm::seccomp::Mode::Enforce),
     };
     let kernel = |p: &str| Boot::Kernel {
         path: p.into(),
@@ -190,7 +190,7 @@ fn idle_devices_do_not_spin() {
         }),
         disks: vec![],
         console: Box::new(Console::default()),
-        seccomp: true,
+        seccomp: Some(cowork_vmm::seccomp::Mode::Enforce),
     })
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
