@@ -458,6 +458,48 @@ mod tests {
         }
     }
 
+    /// What a kvm helper does outside its VM threads still works under its
+    /// filter: name resolution, TCP both ways, threads, and mke2fs (run as
+    /// the kvm backend runs it, inheriting the filter).
+    #[test]
+    fn the_helper_filter_lets_the_helper_work() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let img = dir.path().join("disk.img");
+        let (resolved, tcp, thread, mke2fs) = confined(ThreadRole::Helper, move || {
+            use std::net::ToSocketAddrs;
+            let resolved = ("localhost", 80)
+                .to_socket_addrs()
+                .is_ok_and(|mut a| a.next().is_some());
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| {
+                let addr = l.local_addr()?;
+                let _c = std::net::TcpStream::connect(addr)?;
+                l.accept().map(|_| ())
+            });
+            let thread = std::thread::spawn(|| 7).join().ok();
+            let mke2fs = std::fs::File::create(&img)
+                .and_then(|f| f.set_len(64 << 20))
+                .and_then(|()| {
+                    std::process::Command::new("mke2fs")
+                        .args(["-q", "-F", "-t", "ext4"])
+                        .arg(&img)
+                        .status()
+                });
+            (
+                resolved,
+                tcp.map_err(|e| e.to_string()),
+                thread,
+                mke2fs.map(|s| s.success()),
+            )
+        });
+        assert!(resolved, "localhost resolves");
+        assert_eq!(tcp, Ok(()), "TCP listen, connect and accept");
+        assert_eq!(thread, Some(7), "threads start and end");
+        match mke2fs {
+            Ok(ok) => assert!(ok, "mke2fs runs under the inherited filter"),
+            Err(e) => eprintln!("SKIP mke2fs under the helper filter: {e}"),
+        }
+    }
+
     #[test]
     fn the_helper_filter_refuses_mounts_namespaces_and_ptrace() {
         let (mount, unshare, ptrace, file) = confined(ThreadRole::Helper, || {
