@@ -205,8 +205,9 @@ pub fn measure(p: &Profile, dir: &Path) -> Result<BackendResult> {
         "bench [qemu] QEMU microvm + virtiofsd, same guest: boot, then untar {} files, churn, {} MiB write/read",
         p.files, p.big_mib
     );
+    let fsd_pid = run.virtiofsd.id();
     let started = Instant::now();
-    let mut qemu = Command::new(&parts.qemu)
+    let spawned = Command::new(&parts.qemu)
         .args(["-accel", "kvm", "-cpu", "host", "-M"])
         .arg("microvm,acpi=off,memory-backend=mem")
         // virtiofsd serves modern virtio only; microvm defaults to legacy.
@@ -246,6 +247,8 @@ pub fn measure(p: &Profile, dir: &Path) -> Result<BackendResult> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot run {}", parts.qemu.display()))?;
+    // Owned by `run` from here on, so every way out of here ends it.
+    let qemu = run.qemu.insert(spawned);
     let mut stdin = qemu.stdin.take().context("no QEMU stdin")?;
     let mut stdout = qemu.stdout.take().context("no QEMU stdout")?;
     let console = Arc::new(Mutex::new(String::new()));
@@ -265,14 +268,13 @@ pub fn measure(p: &Profile, dir: &Path) -> Result<BackendResult> {
             }
         }
     });
-    let mut qemu_ref = qemu;
     let result = (|| -> Result<()> {
-        wait_console(&console, &mut qemu_ref, BOOT_LIMIT, |c| c.contains(PROMPT))?;
+        wait_console(&console, qemu, BOOT_LIMIT, |c| c.contains(PROMPT))?;
         res.cold_start_ms = Some(stats(vec![started.elapsed().as_secs_f64() * 1e3]));
         // Input sent before the prompt is lost while the UART comes up.
         stdin.write_all(guest_script(p)?.as_bytes())?;
         stdin.flush()?;
-        wait_console(&console, &mut qemu_ref, BOOT_LIMIT, |c| {
+        wait_console(&console, qemu, BOOT_LIMIT, |c| {
             c.contains("READY-MOUNTED") || c.contains("mount: mounting work")
         })?;
         if !console
@@ -282,16 +284,12 @@ pub fn measure(p: &Profile, dir: &Path) -> Result<BackendResult> {
         {
             bail!("the guest could not mount virtiofsd's share");
         }
-        let rss = rss_kib(qemu_ref.id()) + rss_kib(run.virtiofsd.id());
-        wait_console(&console, &mut qemu_ref, WORK_LIMIT, |c| {
-            c.contains("STEPS-DONE")
-        })?;
-        res.helper_peak_rss_kib =
-            Some(rss.max(rss_kib(qemu_ref.id()) + rss_kib(run.virtiofsd.id())));
+        let rss = rss_kib(qemu.id()) + rss_kib(fsd_pid);
+        wait_console(&console, qemu, WORK_LIMIT, |c| c.contains("STEPS-DONE"))?;
+        res.helper_peak_rss_kib = Some(rss.max(rss_kib(qemu.id()) + rss_kib(fsd_pid)));
         res.helper_rss_kib = Some(rss);
         Ok(())
     })();
-    run.qemu = Some(qemu_ref);
     drop(run);
     let _ = reader.join();
     let text = console.lock().unwrap_or_else(|e| e.into_inner()).clone();
