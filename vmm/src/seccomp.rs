@@ -237,6 +237,9 @@ const HELPER: &[libc::c_long] = &[
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigtimedwait,
     libc::SYS_sched_getaffinity,
+    // The VMM threads stack their own filters on this one (a filter can
+    // only be added to, never lifted).
+    libc::SYS_seccomp,
     libc::SYS_sendmmsg,
     libc::SYS_set_robust_list,
     libc::SYS_set_tid_address,
@@ -476,6 +479,11 @@ mod tests {
                 l.accept().map(|_| ())
             });
             let thread = std::thread::spawn(|| 7).join().ok();
+            // The VM's threads confine themselves further under it.
+            let stacked = std::thread::spawn(|| install(ThreadRole::Vcpu, Mode::Enforce).is_ok())
+                .join()
+                .unwrap_or(false);
+            assert!(stacked, "a VMM thread's filter stacks on the helper's");
             let mke2fs = std::fs::File::create(&img)
                 .and_then(|f| f.set_len(64 << 20))
                 .and_then(|()| {
