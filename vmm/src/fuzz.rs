@@ -22,7 +22,8 @@ use crate::devices::virtio::fs::{Fs, Shares, TAG};
 use crate::devices::virtio::vsock::{Vsock, GUEST_CID};
 use crate::devices::virtio::VirtioDevice;
 
-const MEM_BYTES: usize = 8 << 20;
+/// Queues, then 16 slots of 64 KiB for descriptor contents.
+const MEM_BYTES: usize = 2 << 20;
 const QUEUE_LEN: u16 = 16;
 const SLOTS: u64 = 0x10_0000;
 const SLOT_BYTES: u64 = 0x1_0000;
@@ -75,6 +76,10 @@ impl Driver {
                     .map(|m| &*Box::leak(Box::new(m)));
         }
         let mem = MEM.with(|m| *m)?;
+        // Nothing of an earlier input may be seen by this one: a crash must
+        // reproduce from its own bytes.
+        mem.write_slice(&vec![0u8; MEM_BYTES], GuestAddress(0))
+            .ok()?;
         let mut mocks = Vec::new();
         let mut queues = Vec::new();
         for q in 0..queue_count {
