@@ -48,7 +48,7 @@ root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
 echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
-for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo dmesg; do ln -s busybox "$root/bin/$app"; done
+for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo dmesg cut; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
 copy_with_libs() {
@@ -118,7 +118,20 @@ call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\
 echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
 echo "NESTED-PROTO isRunning \$(call isRunning)"
 echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
-run() { /bin/cowork-microvm run --socket /tmp/run/h.sock --name e2e "\$@"; }
+# A session that has not ended after 10 minutes is stuck: record where
+# every thread of the helper is (state, kernel wait, current syscall),
+# printed at the end as NESTED-DIAG, and give up on it.
+diag() {
+    for t in /proc/\$helper/task/*; do
+        echo "\$1 \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
+    done >> /tmp/diag.txt 2>&1
+}
+run() {
+    timeout 600 /bin/cowork-microvm run --socket /tmp/run/h.sock --name e2e "\$@"
+    rc=\$?
+    case \$rc in 124|143) diag "stuck-run(\$*)" ;; esac
+    return \$rc
+}
 out=\$(cd / && run -- sh -c 'echo hello-from-vm; uname -n; exit 3' 2>&1); rc=\$?
 echo "NESTED-SESSION echo \$(echo \$out | tr -d '\r') rc=\$rc"
 echo "NESTED-SESSION stdin \$(echo piped-in | run -- cat 2>&1 | tr -d '\r\n')"
@@ -212,6 +225,7 @@ if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
     grep -q FS-2-DONE /tmp/qemu-fs.log || { echo "NESTED-ERROR qemu-fs"; tail -20 /tmp/qemu-fs.log; cat /tmp/virtiofsd.log; }
 fi
 dmesg | grep 'type=1326' | head -40 | sed 's/^/NESTED-SECCOMP /'
+[ -f /tmp/diag.txt ] && sed 's/^/NESTED-DIAG /' /tmp/diag.txt
 echo NESTED-DONE
 poweroff -f
 INIT
