@@ -115,6 +115,9 @@ $strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 
 helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
 call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
+# Until a (re)started helper answers: call's own status, not tr's. After a
+# SIGKILL the stale socket file is there before the new helper is.
+serving() { until /bin/cowork-microvm call --socket /tmp/run/h.sock isRunning >/dev/null 2>&1; do sleep 0.2; done; }
 echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
 echo "NESTED-PROTO isRunning \$(call isRunning)"
 echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
@@ -170,7 +173,7 @@ kill -9 \$victim; wait \$helper 2>/dev/null; sleep 1
 [ -f /tmp/strace.txt ] && { echo NESTED-STRACE-BEGIN; cat /tmp/strace.txt; echo NESTED-STRACE-END; }
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
-while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
+serving
 echo "NESTED-SESSION persisted \$(run -- cat /sessions/e2e/kept.txt 2>&1 | tr -d '\r\n')"
 # The agent dies (the guest reboots): the session ends, startVM works again.
 run -- sh -c 'kill -9 \$PPID; sleep 30' >/dev/null 2>&1; rc=\$?
@@ -198,7 +201,7 @@ i=0; while [ \$i -lt $fs_files ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || 
 fswork='rm -rf x && mkdir x && cd x && time tar xf ../tree.tar && cd .. && time ls -lR x >/dev/null && time rm -rf x'
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
-while ! call isRunning >/dev/null 2>&1; do sleep 0.2; done
+serving
 ours=\$(cd / && run --mount /tmp/fsb:fsb -- sh -c "\$fswork" 2>&1 | sed -n 's/^real[[:space:]]*//p' | tr '\n' ' ')
 echo "NESTED-FS ours \$ours"
 call stopVM >/dev/null; kill \$helper; wait \$helper 2>/dev/null; sleep 1
