@@ -156,11 +156,15 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             env,
             cwd,
         } => {
-            let msg = match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
-                Ok(()) => GuestMsg::Spawned { id },
-                Err(error) => GuestMsg::SpawnFailed { id, error },
-            };
-            send(out, &msg, &[]).await;
+            match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
+                Ok(supervisor) => {
+                    // Spawned is queued before the supervisor can queue any
+                    // of the process's output.
+                    send(out, &GuestMsg::Spawned { id }, &[]).await;
+                    tokio::spawn(supervisor);
+                }
+                Err(error) => send(out, &GuestMsg::SpawnFailed { id, error }, &[]).await,
+            }
         }
         HostMsg::Stdin { id } => {
             let tx = procs.lock().get(&id).and_then(|p| p.stdin.clone());
@@ -287,7 +291,7 @@ fn spawn(
     out: &Out,
     procs: &Procs,
     cfg: &Config,
-) -> Result<(), String> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
     if id.is_empty() || id.len() > 256 {
         return Err("process id must be 1-256 characters".into());
     }
@@ -338,14 +342,13 @@ fn spawn(
         },
     );
     drop(table);
-    tokio::spawn(supervise(
+    Ok(supervise(
         id.to_string(),
         child,
         cgroup,
         out.clone(),
         procs.clone(),
-    ));
-    Ok(())
+    ))
 }
 
 /// A cgroup of its own, so the exit can report the OOM kills it suffered.
