@@ -176,12 +176,14 @@ helper=\$!
 serving
 echo "NESTED-SESSION persisted \$(run -- cat /sessions/e2e/kept.txt 2>&1 | tr -d '\r\n')"
 # The agent dies (the guest reboots): the session ends, startVM works again.
-run -- sh -c 'kill -9 \$PPID; sleep 30' >/dev/null 2>&1; rc=\$?
+# (After a second: a guest dying before the agent confirmed the spawn
+# fails the spawn instead, which is not what these steps check.)
+run -- sh -c 'sleep 1; kill -9 \$PPID; sleep 30' >/dev/null 2>&1; rc=\$?
 sleep 1
 echo "NESTED-SESSION agentKilled rc=\$rc \$(call isGuestConnected)"
 echo "NESTED-SESSION restart \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
 # A kernel panic: the session ends, the guest is gone, startVM works.
-run -- sh -c 'echo c > /proc/sysrq-trigger; sleep 30' >/dev/null 2>&1; rc=\$?
+run -- sh -c 'sleep 1; echo c > /proc/sysrq-trigger; sleep 30' >/dev/null 2>&1; rc=\$?
 sleep 1
 echo "NESTED-SESSION panic rc=\$rc \$(call isGuestConnected) \$(call startVM '{"memoryGB":0.25}') \$(run -- echo after-panic 2>&1 | tr -d '\r\n')"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
