@@ -84,16 +84,10 @@ fn helper_killed_mid_session_is_restarted_in_place_with_the_work_intact() {
         "kept\n",
         "what the session wrote survives the helper"
     );
-    // The new helper serves sessions as if nothing happened.
-    let mut ev = Events {
-        conn: {
-            let mut c = Conn::new(UnixStream::connect(&h.socket).unwrap());
-            c.send(&json!({"method": "subscribeEvents", "params": {}}));
-            assert_eq!(c.recv().unwrap(), json!({"success": true}));
-            c
-        },
-    };
-    let p = Pipe::new(Conn::new(UnixStream::connect(&h.socket).unwrap()));
+    // The new helper serves sessions as if nothing happened (on the same
+    // socket path, so the fixture's own connections reach it).
+    let mut ev = h.subscribe();
+    let p = Pipe::new(h.conn());
     p.ok("startVM", json!({}));
     p.ok("spawn", sh("after", "echo back"));
     assert_eq!(ev.until_exit("after").stdout, "back\n");
