@@ -86,7 +86,7 @@ impl AgentLink {
             .await
             .map_err(|_| "the agent sent no hello".to_string())??;
         let agent = match hello.0 {
-            GuestMsg::Hello { version, agent } if version == wire::PROTOCOL_VERSION => agent,
+            GuestMsg::Hello { version, agent, .. } if version == wire::PROTOCOL_VERSION => agent,
             GuestMsg::Hello { version, .. } => {
                 return Err(format!(
                     "the agent speaks protocol {version}, this helper {}; rebuild the image (make image)",
@@ -285,6 +285,7 @@ impl AgentLink {
             args,
             env,
             cwd,
+            session: None,
         };
         let sent = self.send(&msg, &[]).await;
         let result = match sent {

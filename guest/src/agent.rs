@@ -115,6 +115,7 @@ where
     let hello = GuestMsg::Hello {
         version: PROTOCOL_VERSION,
         agent: format!("cowork-guest {}", env!("CARGO_PKG_VERSION")),
+        token: String::new(),
     };
     send(&out, &hello, &[]).await;
     let procs = Procs::default();
@@ -155,6 +156,7 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             args,
             env,
             cwd,
+            session: _,
         } => {
             match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
                 Ok(supervisor) => {
@@ -224,6 +226,10 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             reply(out, req, res).await;
         }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
+        HostMsg::SessionUser { req, .. } => {
+            let error = "session users are not implemented yet".to_string();
+            send(out, &GuestMsg::Failed { req, error }, &[]).await
+        }
         HostMsg::Sessions { req, op, args } => {
             let root = cfg.sessions_root.clone();
             let res = tokio::task::spawn_blocking(move || sessions(root, &op, args))

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The vsock port the host listens on for the agent. Named here only.
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port of the host's egress proxy.
@@ -19,6 +19,10 @@ pub const EGRESS_LISTEN: &str = "127.0.0.1:3128";
 /// starts (vmm/src/layout.rs has the VMM's side; a test checks they agree).
 pub const BOOT_TIMER_PORT: u16 = 0x4f0;
 pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// The kernel command-line parameter that carries the per-boot agent
+/// token: PID 1 reads it, hands it to the agent alone, and the agent's
+/// hello proves with it that it is the agent (sessions cannot read it).
+pub const TOKEN_PARAM: &str = "cowork.token";
 /// Largest frame either side accepts (header and payload).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 /// Largest header.
@@ -37,6 +41,19 @@ pub enum HostMsg {
         env: Vec<(String, String)>,
         #[serde(default)]
         cwd: Option<String>,
+        /// The session the process belongs to: in the VM the agent runs it
+        /// as that session's own user, in that session's own view of the
+        /// file system. `None` only where the agent confines nothing (run
+        /// by hand over a Unix socket).
+        #[serde(default)]
+        session: Option<String>,
+    },
+    /// The session's user, made on first use: answered with
+    /// [`GuestMsg::Json`] `{"uid": u32, "gid": u32}` or `Failed`. The host
+    /// shows a session's shared folders as owned by it.
+    SessionUser {
+        req: u64,
+        session: String,
     },
     /// The payload goes to the process's stdin.
     Stdin {
@@ -91,6 +108,10 @@ pub enum GuestMsg {
     Hello {
         version: u32,
         agent: String,
+        /// The per-boot token from the kernel command line
+        /// ([`TOKEN_PARAM`]); empty where there is none (run by hand).
+        #[serde(default)]
+        token: String,
     },
     Spawned {
         id: String,

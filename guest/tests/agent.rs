@@ -43,7 +43,7 @@ impl Agent {
             _tmp: tmp,
         };
         match a.recv().0 {
-            GuestMsg::Hello { version, agent } => {
+            GuestMsg::Hello { version, agent, .. } => {
                 assert_eq!(version, wire::PROTOCOL_VERSION);
                 assert!(agent.starts_with("cowork-guest"));
             }
@@ -80,6 +80,7 @@ impl Agent {
                 args: args.iter().map(|s| s.to_string()).collect(),
                 env: vec![("PATH".into(), "/usr/bin:/bin".into())],
                 cwd: None,
+                session: None,
             },
             &[],
         );
