@@ -68,10 +68,15 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
         (Kind::Bwrap, true) => bwrap_setup().map(|s| {
             Arc::new(LocalBackend::new(Isolation::Bwrap(s), dirs, bus.clone())) as Arc<dyn Backend>
         }),
-        (Kind::Kvm, true) => Some(Arc::new(crate::kvm_backend::KvmBackend::new(
-            crate::config::image_dir(&settings.home),
-            settings.data_dir.join("vm"),
-            settings.home.clone(),
+        (Kind::Kvm, true) => Some(Arc::new(cowork_kvm_backend::KvmBackend::new(
+            cowork_kvm_backend::KvmConfig {
+                images: crate::config::image_dir(&settings.home),
+                data: settings.data_dir.join("vm"),
+                home: settings.home.clone(),
+                machine: cowork_kvm_backend::Machine::Vm {
+                    seccomp: crate::config::vm_seccomp(),
+                },
+            },
             bus.clone(),
         ))),
         _ => None,

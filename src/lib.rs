@@ -5,7 +5,6 @@
 //! picks. [`client`] is the same protocol from the other side, used by
 //! `run` and `bench`.
 
-pub mod agent_link;
 pub mod app;
 pub mod bench;
 pub mod cli;
@@ -16,7 +15,6 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod image;
-pub mod kvm_backend;
 pub mod logging;
 pub mod privileges;
 pub mod protocol;

@@ -2,8 +2,6 @@
 //! (backends.md): an explicit choice, else bwrap if it works, else kvm if it
 //! can run here, else host with a loud warning.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,45 +72,13 @@ pub fn probe_bwrap() -> Probe {
     }
 }
 
-/// Whether /dev/kvm is provided by the kvm_pvm module (no hardware
-/// virtualization: a standard guest kernel cannot boot there).
-pub fn kvm_is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
-}
+pub use cowork_kvm_backend::probe::{kvm_is_pvm, kvm_rw};
 
-pub fn kvm_rw() -> Result<(), String> {
-    use nix::unistd::{access, AccessFlags};
-    let dev = Path::new("/dev/kvm");
-    if !dev.exists() {
-        return Err(
-            "/dev/kvm does not exist (no KVM on this machine, or the kvm module is not loaded)"
-                .into(),
-        );
-    }
-    access(dev, AccessFlags::R_OK | AccessFlags::W_OK)
-        .map_err(|e| format!("/dev/kvm is not read-write for you: {e}"))
-}
-
-/// Why the kvm backend cannot run here, or `None` when it can: /dev/kvm
-/// read-write, real hardware virtualization (not PVM), and a guest image.
+/// Why the kvm backend cannot run here, or `None` when it can (the image
+/// in the configured image directory).
 pub fn kvm_unusable_reason() -> Option<String> {
-    if let Err(e) = kvm_rw() {
-        return Some(e);
-    }
-    if kvm_is_pvm() {
-        return Some("/dev/kvm is PVM-backed (the kvm_pvm module): a standard guest kernel cannot boot on it; use bwrap here".into());
-    }
     let images = crate::config::image_dir(&crate::config::home_dir());
-    // Presence only: hashing the artifacts is doctor's job and startVM's,
-    // not every helper start-up's.
-    match cowork_rootfs::manifest::Manifest::load(&images) {
-        Ok(m) if m.artifacts.contains_key("vmlinux") => None,
-        Ok(_) => Some(format!(
-            "the guest image in {} has no kernel; run make image",
-            images.display()
-        )),
-        Err(e) => Some(format!("guest image: {e}")),
-    }
+    cowork_kvm_backend::probe::unusable_reason(&images)
 }
 
 pub fn probe_kvm() -> Probe {

@@ -20,8 +20,7 @@ use crate::config::{home_dir, image_dir};
 /// What the agent prints on the console once it runs.
 pub const READY_LINE: &str = "cowork-guest: ready";
 /// The guest's command line (virtio-mmio devices are appended by the VMM).
-pub const GUEST_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 init=/sbin/init";
+pub use cowork_kvm_backend::GUEST_CMDLINE;
 
 /// How long the guest may take to power off once the agent is asked.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -253,7 +253,7 @@ impl Backend for LocalBackend {
         if let Some(url) = request.api_probe_url {
             let bus = self.bus.clone();
             tokio::spawn(async move {
-                let ok = crate::egress::probe::api_reachable(&url).await;
+                let ok = cowork_egress::probe::api_reachable(&url).await;
                 let status = if ok { "reachable" } else { "unreachable" };
                 tracing::info!("API probe: {status}");
                 bus.publish(&Event::ApiReachability {

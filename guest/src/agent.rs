@@ -115,7 +115,9 @@ where
     let hello = GuestMsg::Hello {
         version: PROTOCOL_VERSION,
         agent: format!("cowork-guest {}", env!("CARGO_PKG_VERSION")),
-        token: String::new(),
+        // PID 1 handed the boot's token to the agent alone (sessions are
+        // spawned with a cleared environment).
+        token: std::env::var(wire::TOKEN_ENV).unwrap_or_default(),
     };
     send(&out, &hello, &[]).await;
     let procs = Procs::default();

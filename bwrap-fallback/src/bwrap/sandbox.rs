@@ -13,9 +13,9 @@ use cowork_backend::spawn_env::session_env;
 use cowork_backend::{BackendError, Result, SpawnRequest};
 
 use super::user_config::{self, UserMounts};
-use crate::egress::listener::EgressListener;
-use crate::egress::Policy;
 use crate::process::{Launch, SignalRoute};
+use cowork_egress::listener::EgressListener;
+use cowork_egress::Policy;
 
 /// Where the helper binary (the sandbox's pid 1) and the proxy socket
 /// appear inside the sandbox.

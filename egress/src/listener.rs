@@ -10,8 +10,8 @@ use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::policy::Policy;
-use super::proxy::{serve, Outcome};
+use crate::policy::Policy;
+use crate::proxy::{serve, Outcome};
 
 /// Conversations one process may have open at once.
 const MAX_CONVERSATIONS: usize = 256;

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::policy::Policy;
-use super::proxy::serve;
+use crate::policy::Policy;
+use crate::proxy::serve;
 
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::policy::{normalize_host, Policy};
+use crate::policy::{normalize_host, Policy};
 
 /// The request line and headers must fit in this.
 const MAX_HEAD: usize = 32 * 1024;

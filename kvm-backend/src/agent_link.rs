@@ -4,6 +4,11 @@
 //! into protocol events and completes waiting requests. When the stream
 //! ends (guest death, agent crash) every process still running gets an
 //! exit event, then the network is reported down.
+//!
+//! Any process in the guest can open a vsock connection to the host, so
+//! the agent proves itself in its hello with the per-boot token only PID 1
+//! could read from the kernel command line; every request has a deadline,
+//! so a guest that stops reading stalls no caller for long.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,10 +23,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
-/// How long a request waits for the agent's answer.
-const REPLY_LIMIT: Duration = Duration::from_secs(30);
+/// How long a request waits for the agent's answer: under the app's own
+/// 30 s, so it hears why.
+const REPLY_LIMIT: Duration = Duration::from_secs(25);
+/// How long a frame may wait for room in the queue to the agent (a guest
+/// that stops reading fills it).
+const SEND_LIMIT: Duration = Duration::from_secs(10);
 /// Frames queued for the agent before writers wait.
 const OUT_QUEUE: usize = 256;
+/// Processes (running or ended) remembered per agent connection.
+const KNOWN_PROCESSES: usize = 4096;
 /// stdin is passed on in pieces of at most this much (under one frame).
 const STDIN_PIECE: usize = 1024 * 1024;
 
@@ -54,6 +65,17 @@ pub struct AgentLink {
     next_req: AtomicU64,
     alive: AtomicBool,
     pub agent: String,
+    /// Woken whenever a process ends, so its session's resources can go.
+    exited: Arc<tokio::sync::Notify>,
+}
+
+/// Compares two tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,21 +97,26 @@ async fn read_msg(
 
 impl AgentLink {
     /// Takes a fresh stream from the agent: reads its hello (within
-    /// `limit`), then serves it until it ends.
+    /// `limit`), which must carry `token`, then serves it until it ends.
     pub async fn accept(
         stream: UnixStream,
         bus: EventBus,
         limit: Duration,
+        token: &str,
+        exited: Arc<tokio::sync::Notify>,
     ) -> Result<Arc<AgentLink>, String> {
         let (mut rd, mut wr) = stream.into_split();
         let hello = tokio::time::timeout(limit, read_msg(&mut rd))
             .await
             .map_err(|_| "the agent sent no hello".to_string())??;
         let agent = match hello.0 {
+            GuestMsg::Hello { token: t, .. } if !same_token(&t, token) => {
+                return Err("the hello did not carry this boot's agent token".into())
+            }
             GuestMsg::Hello { version, agent, .. } if version == wire::PROTOCOL_VERSION => agent,
             GuestMsg::Hello { version, .. } => {
                 return Err(format!(
-                    "the agent speaks protocol {version}, this helper {}; rebuild the image (make image)",
+                    "the agent speaks protocol {version}, this helper {}; rebuild the image (cowork-microvm image build)",
                     wire::PROTOCOL_VERSION
                 ))
             }
@@ -110,6 +137,7 @@ impl AgentLink {
             next_req: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             agent,
+            exited,
         });
         let reader = link.clone();
         tokio::spawn(async move {
@@ -136,10 +164,14 @@ impl AgentLink {
         if !self.is_alive() {
             return Err("the guest agent is not connected".into());
         }
-        self.out
-            .send(frame)
-            .await
-            .map_err(|_| "the guest agent is not connected".to_string())
+        match tokio::time::timeout(SEND_LIMIT, self.out.send(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("the guest agent is not connected".into()),
+            Err(_) => Err(format!(
+                "the guest agent has not read its channel for {}s",
+                SEND_LIMIT.as_secs()
+            )),
+        }
     }
 
     async fn on_message(&self, msg: GuestMsg, payload: Vec<u8>, bus: &EventBus) {
@@ -187,12 +219,18 @@ impl AgentLink {
                 signal,
                 oom_kill_count,
             } => {
-                let tails = lock(&self.procs).get_mut(&id).map(|p| {
-                    p.running = false;
-                    p.exit_code = code;
-                    (p.stdout.finish(), p.stderr.finish())
-                });
-                if let Some((out, err)) = tails {
+                // Only a process of ours that runs can end, and only once:
+                // the guest does not get to invent exits.
+                let tails = lock(&self.procs)
+                    .get_mut(&id)
+                    .filter(|p| p.running)
+                    .map(|p| {
+                        p.running = false;
+                        p.exit_code = code;
+                        (p.stdout.finish(), p.stderr.finish())
+                    });
+                let Some((out, err)) = tails else { return };
+                {
                     if !out.is_empty() {
                         bus.publish(&Event::Stdout {
                             id: id.clone(),
@@ -215,6 +253,7 @@ impl AgentLink {
                     oom_kill_count,
                 })
                 .await;
+                self.exited.notify_one();
             }
             GuestMsg::File { req } => reply(req, Reply::File(payload)),
             GuestMsg::Done { req } => reply(req, Reply::Done),
@@ -247,6 +286,7 @@ impl AgentLink {
             })
             .await;
         }
+        self.exited.notify_one();
         bus.publish(&Event::NetworkStatus {
             status: NetworkStatus::Disconnected,
         })
@@ -261,12 +301,18 @@ impl AgentLink {
         args: Vec<String>,
         env: Vec<(String, String)>,
         cwd: Option<String>,
+        session: Option<String>,
     ) -> Result<(), String> {
         let (tx, rx) = oneshot::channel();
         {
             let mut procs = lock(&self.procs);
             if procs.get(id).is_some_and(|p| p.running) {
                 return Err(format!("process {id:?} is already running"));
+            }
+            if procs.len() >= KNOWN_PROCESSES {
+                // Ended processes are remembered for isProcessRunning, but
+                // not without bound.
+                procs.retain(|_, p| p.running);
             }
             procs.insert(
                 id.to_string(),
@@ -285,7 +331,7 @@ impl AgentLink {
             args,
             env,
             cwd,
-            session: None,
+            session,
         };
         let sent = self.send(&msg, &[]).await;
         let result = match sent {
