@@ -111,13 +111,18 @@ fi
 # NESTED_SECCOMP=log: the filters let everything through and the kernel
 # logs what they would have refused (printed at the end).
 export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log COWORK_VM_SECCOMP=${NESTED_SECCOMP:-}
-$strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
+# As a desktop's init would start it: output to a log file, seccomp
+# enforced, and the very first startVM with no parameters (this made the
+# session disk's mke2fs fail under the process filter once).
+$strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock >/tmp/serve.log 2>&1 &
 helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
 call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
 # Until a (re)started helper answers: call's own status, not tr's. After a
 # SIGKILL the stale socket file is there before the new helper is.
 serving() { until /bin/cowork-microvm call --socket /tmp/run/h.sock isRunning >/dev/null 2>&1; do sleep 0.2; done; }
+echo "NESTED-PROTO firstStartVM \$(call startVM '{}')"
+call stopVM >/dev/null
 echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
 echo "NESTED-PROTO isRunning \$(call isRunning)"
 echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
@@ -156,6 +161,31 @@ get='wget -q -O - http://upstream.test:8080/hello.txt 2>/dev/null || echo refuse
 echo "NESTED-SESSION egressAllowed" \$(run --allow-domain upstream.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressRefused" \$(run --allow-domain other.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressDirect" \$(run --allow-domain upstream.test -- sh -c 'wget -q -Y off -O - http://127.0.0.1:8080/hello.txt 2>/dev/null || echo no-route' 2>&1)
+# Two sessions on one helper, as the app runs them. sa holds a private
+# folder and an egress credential; sb, its own user, must reach neither,
+# nor sa's processes, the agent's token, the virtio-fs root or PID 1, nor
+# write its own read-only folder. Then a process of sb connects to the
+# agent port as if it were the agent (the agent binary run by hand): the
+# helper refuses it and the real agent keeps serving.
+mkdir -p /tmp/pa /tmp/pbro; echo secret-a > /tmp/pa/private.txt; echo precious-b > /tmp/pbro/ro.txt
+call spawn '{"id":"sa1","name":"sa","command":"sh","args":["-c","echo a-up > /sessions/sa/up; sleep 120"],"additionalMounts":{"a":{"path":"tmp/pa","mode":"rw"}},"allowedDomains":["upstream.test"]}' >/dev/null
+n=0; until call readFile '{"processName":"sa","filePath":"/sessions/sa/up"}' | grep -q a-up || [ \$n -ge 120 ]; do sleep 0.5; n=\$((n+1)); done
+echo "NESTED-SESSION aPrivate \$(call readFile '{"processName":"sa","filePath":"/sessions/sa/mnt/a/private.txt"}' | grep -o secret-a)"
+probe='echo uid=\$(id -u);
+cat /sessions/sa/mnt/a/private.txt 2>/dev/null || echo no-a-file;
+echo sessions=\$(ls /sessions 2>/dev/null | tr "\n" ,);
+echo credentials=\$(cat /proc/[0-9]*/environ 2>/dev/null | tr "\000" "\n" | grep -o "cowork:[0-9a-f]*" | sort -u | wc -l);
+echo fsroot=\$(ls /run/cowork-fs 2>/dev/null | wc -l);
+echo token=\$(grep -c cowork.token /proc/cmdline 2>/dev/null || echo 0);
+echo dmesg=\$(dmesg 2>/dev/null | grep -c cowork.token);
+(echo x > ro.txt) 2>/dev/null && echo ro=wrote || echo ro=refused;
+kill -9 1 2>/dev/null && echo init=killed || echo init=safe;
+(echo c > /proc/sysrq-trigger) 2>/dev/null && echo sysrq=done || echo sysrq=refused;
+/sbin/init >/dev/null 2>&1; echo forged=tried'
+echo "NESTED-SESSION confined \$(run --name sb --mount /tmp/pbro:bro:ro -- sh -c "\$probe" 2>&1 | tr '\r\n' '  ')"
+echo "NESTED-SESSION afterForged \$(call isGuestConnected) \$(run --name sb -- echo agent-still-serves 2>&1 | tr -d '\r\n') \$(grep -c 'connection to the agent port was refused' /tmp/helper.log)"
+echo "NESTED-SESSION roHost \$(cat /tmp/pbro/ro.txt)"
+call kill '{"id":"sa1","signal":"SIGKILL"}' >/dev/null
 # kill and readFile through the protocol, as the app calls them.
 call spawn '{"id":"k1","name":"e2e","command":"sleep","args":["30"]}' >/dev/null
 call kill '{"id":"k1","signal":"SIGKILL"}' >/dev/null; sleep 1
@@ -175,17 +205,7 @@ kill -9 \$victim; wait \$helper 2>/dev/null; sleep 1
 helper=\$!
 serving
 echo "NESTED-SESSION persisted \$(run -- cat /sessions/e2e/kept.txt 2>&1 | tr -d '\r\n')"
-# The agent dies (the guest reboots): the session ends, startVM works again.
-# (After a second: a guest dying before the agent confirmed the spawn
-# fails the spawn instead, which is not what these steps check.)
-run -- sh -c 'sleep 1; kill -9 \$PPID; sleep 30' >/dev/null 2>&1; rc=\$?
-sleep 1
-echo "NESTED-SESSION agentKilled rc=\$rc \$(call isGuestConnected)"
-echo "NESTED-SESSION restart \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
-# A kernel panic: the session ends, the guest is gone, startVM works.
-run -- sh -c 'sleep 1; echo c > /proc/sysrq-trigger; sleep 30' >/dev/null 2>&1; rc=\$?
-sleep 1
-echo "NESTED-SESSION panic rc=\$rc \$(call isGuestConnected) \$(call startVM '{"memoryGB":0.25}') \$(run -- echo after-panic 2>&1 | tr -d '\r\n')"
+echo "NESTED-SESSION restart \$(call stopVM) \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
 # Figures, side by side in this machine (emulated): spawn->exit and output
 # throughput in the VM against bwrap and the host.
@@ -249,7 +269,7 @@ fs() { sed -n "s/^NESTED-FS $1 //p" "$log" | tr -d '\r' | head -n1; }
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": $fs_files, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"agentKilled\": \"$(session agentKilled)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\", \"panic\": \"$(session panic)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": $fs_files, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"firstStartVM\": \"$(proto firstStartVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"aPrivate\": \"$(session aPrivate)\", \"confined\": \"$(session confined)\", \"afterForged\": \"$(session afterForged)\", \"roHost\": \"$(session roHost)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
