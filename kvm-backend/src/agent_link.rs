@@ -110,10 +110,16 @@ impl AgentLink {
             .await
             .map_err(|_| "the agent sent no hello".to_string())??;
         let agent = match hello.0 {
-            GuestMsg::Hello { token: t, .. } if !same_token(&t, token) => {
-                return Err("the hello did not carry this boot's agent token".into())
+            GuestMsg::Hello {
+                version,
+                agent,
+                token: t,
+            } if version == wire::PROTOCOL_VERSION => {
+                if !same_token(&t, token) {
+                    return Err("the hello did not carry this boot's agent token".into());
+                }
+                agent
             }
-            GuestMsg::Hello { version, agent, .. } if version == wire::PROTOCOL_VERSION => agent,
             GuestMsg::Hello { version, .. } => {
                 return Err(format!(
                     "the agent speaks protocol {version}, this helper {}; rebuild the image (cowork-microvm image build)",

@@ -96,6 +96,9 @@ pub struct State {
     pub(crate) mem_mib: Option<u64>,
     pub(crate) cpus: Option<u32>,
     pub(crate) token: Option<String>,
+    /// Why the last connection to the agent port was refused (startVM's
+    /// error says it when no agent came).
+    last_refusal: Option<String>,
     /// The agent's acceptor, egress, the idle-session releaser, the
     /// watcher: they end with the VM.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -157,7 +160,9 @@ async fn accept_agents(
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let st = state.clone();
     let refuse = move |why: &str| {
+        st.lock().unwrap_or_else(|e| e.into_inner()).last_refusal = Some(why.to_string());
         let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if n <= REFUSALS_LOGGED {
             tracing::warn!("a connection to the agent port was refused: {why}");
@@ -475,7 +480,6 @@ impl KvmBackend {
             acceptor.abort();
             self.lock().link = None;
             reap(machine).await;
-            self.step("connectAgent", "failed").await;
             return Err(unavailable(format!(
                 "{why}; console tail (full log in {}):\n{}",
                 log.display(),
@@ -557,21 +561,31 @@ impl KvmBackend {
         }
         self.step("bootVM", "completed").await;
         self.step("connectAgent", "started").await;
-        loop {
+        self.lock().last_refusal = None;
+        let why = loop {
             if self.lock().link.as_ref().is_some_and(|l| l.is_alive()) {
                 return Ok(());
             }
             if !machine.is_alive() {
-                return Err("the guest ended before its agent connected".into());
+                break "the guest ended before its agent connected".to_string();
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "the guest agent did not connect within {}s",
-                    BOOT_LIMIT.as_secs()
-                ));
+                let refusal = self.lock().last_refusal.take();
+                break match refusal {
+                    Some(r) => format!(
+                        "no guest agent was accepted within {}s (last refusal: {r})",
+                        BOOT_LIMIT.as_secs()
+                    ),
+                    None => format!(
+                        "the guest agent did not connect within {}s",
+                        BOOT_LIMIT.as_secs()
+                    ),
+                };
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        };
+        self.step("connectAgent", "failed").await;
+        Err(why)
     }
 
     pub(crate) async fn stop_machine(&self) -> Result<()> {
