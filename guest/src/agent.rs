@@ -17,12 +17,12 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::stdin_queue::{Refused, StdinQueue, STDIN_LIMIT};
 use crate::wire::{self, GuestMsg, HostMsg, PROTOCOL_VERSION};
 
 const CHUNK: usize = 64 * 1024;
 /// Frames queued for the host; producers wait when it is full.
 const OUT_QUEUE: usize = 64;
-const STDIN_QUEUE: usize = 64;
 const MAX_PROCESSES: usize = 1024;
 /// After a process exits, a pipe a grandchild keeps open but silent this
 /// long is abandoned so the exit is not held back.
@@ -79,7 +79,7 @@ async fn send_error(out: &Out, message: impl Into<String>) {
 
 struct Proc {
     pgid: Pid,
-    stdin: Option<mpsc::Sender<Vec<u8>>>,
+    stdin: Option<StdinQueue>,
 }
 
 #[derive(Clone, Default)]
@@ -169,12 +169,27 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             }
         }
         HostMsg::Stdin { id } => {
-            let tx = procs.lock().get(&id).and_then(|p| p.stdin.clone());
-            match tx {
-                Some(tx) => {
-                    let _ = tx.send(payload.to_vec()).await;
+            // Never waits on the process: queued now or refused now.
+            let res = match procs.lock().get(&id) {
+                Some(Proc { stdin: Some(q), .. }) => q.push(payload),
+                Some(_) => Err(Refused::Closed),
+                None => Err(Refused::Closed),
+            };
+            match res {
+                Ok(()) => {}
+                Err(Refused::Full { queued }) => {
+                    let n = payload.len();
+                    let msg = format!(
+                        "stdin of {id:?}: {n} bytes dropped, {queued} bytes already wait \
+                         for the process to read (limit {STDIN_LIMIT})"
+                    );
+                    send_error(out, msg).await
                 }
-                None => send_error(out, format!("stdin of {id:?}: no such running process")).await,
+                Err(Refused::Closed) => {
+                    let msg =
+                        format!("stdin of {id:?}: no such running process, or its stdin is closed");
+                    send_error(out, msg).await
+                }
             }
         }
         HostMsg::CloseStdin { id } => {
@@ -329,17 +344,10 @@ fn spawn(
         .map_err(|e| format!("cannot start {command}: {e}"))?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
-    let stdin = child.stdin.take().map(|mut w| {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
-        tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                if w.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tx
-    });
+    let stdin = child
+        .stdin
+        .take()
+        .map(|w| StdinQueue::start(w, STDIN_LIMIT));
     table.insert(
         id.to_string(),
         Proc {

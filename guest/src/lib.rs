@@ -8,4 +8,6 @@ pub mod agent;
 pub mod forward;
 #[cfg(feature = "agent")]
 pub mod init;
+#[cfg(feature = "agent")]
+pub mod stdin_queue;
 pub mod wire;

@@ -398,3 +398,56 @@ fn session_disk_operations() {
         .as_object()
         .is_some());
 }
+
+/// A process that never reads its stdin stalls only itself: 20 MiB sent to
+/// `sleep` (over the 16 MiB bound: the excess is refused with errors naming
+/// it) do not hold back another process's spawn and output.
+#[test]
+fn a_process_not_reading_stdin_stalls_only_itself() {
+    let mut a = Agent::start();
+    a.spawn("deaf", "/bin/sleep", &["30"]);
+    assert_eq!(a.recv().0, GuestMsg::Spawned { id: "deaf".into() });
+    // The writes run on their own thread: a stalled agent must fail this
+    // test by its deadline, not hang it.
+    let mut w = a.s.try_clone().unwrap();
+    let started = std::time::Instant::now();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..320 {
+            let f = wire::encode(&HostMsg::Stdin { id: "deaf".into() }, &chunk).unwrap();
+            w.write_all(&f).unwrap();
+        }
+        let spawn = HostMsg::Spawn {
+            id: "next".into(),
+            command: "/bin/echo".into(),
+            args: vec!["still here".into()],
+            env: vec![],
+            cwd: None,
+            session: None,
+        };
+        w.write_all(&wire::encode(&spawn, &[]).unwrap()).unwrap();
+    });
+    a.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut refusals = 0;
+    let out = loop {
+        match a
+            .try_recv()
+            .expect("the agent stalled: no output of the second process")
+        {
+            (GuestMsg::Error { message }, _) => {
+                assert!(message.contains("\"deaf\""), "{message}");
+                refusals += 1;
+            }
+            (GuestMsg::Stdout { id }, p) if id == "next" => break p,
+            _ => {}
+        }
+    };
+    assert_eq!(out, b"still here\n");
+    assert!(refusals > 0, "the bytes over the bound were refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    writer.join().unwrap();
+}
