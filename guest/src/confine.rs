@@ -5,7 +5,8 @@
 //! unprivileged user:
 //!
 //! - `/sessions` (the session disk) is covered by an empty tmpfs with only
-//!   `/sessions/<name>` bound back (recursively, with its shares);
+//!   `/sessions/<name>` put back (recursively, with its shares; parked on
+//!   the device root while /sessions is covered, then moved);
 //! - the whole virtio-fs device (`/run/cowork-fs`) is covered by an empty
 //!   read-only tmpfs;
 //! - `/tmp` and `/dev/shm` are the session's own directories;
@@ -26,7 +27,6 @@
 //! code runs relocated under a test directory (see `tests/confine.rs`).
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -236,9 +236,6 @@ pub struct Plan {
     pub cwd: CString,
     pub uid: u32,
     pub gid: u32,
-    /// The session's directory, opened before it is covered; its bind
-    /// source is `/proc/self/fd/<n>`. Kept open until the spawn is done.
-    _dir: Option<OwnedFd>,
 }
 
 fn c(p: impl AsRef<Path>) -> Result<CString, String> {
@@ -247,9 +244,8 @@ fn c(p: impl AsRef<Path>) -> Result<CString, String> {
 }
 
 impl Plan {
-    /// The steps for session `name` (user `uid`/`gid`) whose directory is
-    /// reachable at `dir_source` (a path naming it even once covered).
-    pub fn steps(layout: &Layout, name: &str, dir_source: &Path) -> Result<Vec<MountStep>, String> {
+    /// The mount steps for session `name`.
+    pub fn steps(layout: &Layout, name: &str) -> Result<Vec<MountStep>, String> {
         let ms = |source: Option<&str>,
                   target: &Path,
                   fstype: Option<&str>,
@@ -270,7 +266,8 @@ impl Plan {
         let own = layout.sessions_root.join(name);
         let store = layout.store.join(name);
         let src = |p: &Path| p.to_str().map(str::to_owned).ok_or("path is not UTF-8");
-        let dir_source = src(dir_source)?;
+        let own_src = src(&own)?;
+        let fs_src = src(&layout.fs_root)?;
         let tmp = src(&store.join("tmp"))?;
         let shm = src(&store.join("shm"))?;
         let ro_again = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hard;
@@ -284,6 +281,17 @@ impl Plan {
                 libc::MS_REC | libc::MS_SLAVE,
                 None,
             )?,
+            // The session's directory (with its shares) is parked on the
+            // device root while /sessions is covered, then moved back: a
+            // bind source must be in the namespace, so it cannot come from
+            // a descriptor opened before it.
+            ms(
+                Some(&own_src),
+                &layout.fs_root,
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
+            )?,
             ms(
                 Some("tmpfs"),
                 &layout.sessions_root,
@@ -293,13 +301,7 @@ impl Plan {
             )?,
             MountStep {
                 mkdir: true,
-                ..ms(
-                    Some(&dir_source),
-                    &own,
-                    None,
-                    libc::MS_BIND | libc::MS_REC,
-                    None,
-                )?
+                ..ms(Some(&fs_src), &own, None, libc::MS_MOVE, None)?
             },
             ms(
                 Some("tmpfs"),
@@ -356,25 +358,11 @@ impl Plan {
                 d
             }
         };
-        let fd = nix::fcntl::open(
-            &own,
-            nix::fcntl::OFlag::O_PATH
-                | nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_NOFOLLOW
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| format!("open {}: {e}", own.display()))?;
-        // SAFETY: `open` just returned this descriptor and nothing else
-        // owns it.
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
         Ok(Plan {
-            steps: Plan::steps(layout, name, &source)?,
+            steps: Plan::steps(layout, name)?,
             cwd: c(&cwd)?,
             uid,
             gid,
-            _dir: Some(fd),
         })
     }
 
@@ -446,23 +434,24 @@ mod tests {
     #[test]
     fn the_plan_shows_the_session_alone() {
         let l = Layout::vm();
-        let steps = Plan::steps(&l, "alpha", Path::new("/proc/self/fd/7")).unwrap();
+        let steps = Plan::steps(&l, "alpha").unwrap();
         let t = targets(&steps);
         // The tree is a slave first, so nothing below leaks back.
         assert_eq!(t[0], "/");
         assert_eq!(steps[0].flags, libc::MS_REC | libc::MS_SLAVE);
-        // /sessions covered, then only alpha's directory bound back.
-        let cover = t.iter().position(|x| x == "/sessions").unwrap();
-        let own = t.iter().position(|x| x == "/sessions/alpha").unwrap();
-        assert!(cover < own);
-        assert_eq!(steps[cover].fstype.as_deref(), Some(c"tmpfs"));
-        assert_eq!(steps[own].source.as_deref(), Some(c"/proc/self/fd/7"));
-        assert_ne!(steps[own].flags & libc::MS_REC, 0, "with its shares");
-        // The whole virtio-fs device covered, read-only.
-        let fs = steps
-            .iter()
-            .find(|s| s.target.as_c_str() == c"/run/cowork-fs");
-        assert!(fs.is_some_and(|s| s.flags & libc::MS_RDONLY != 0));
+        // alpha's directory (with its shares) parked, /sessions covered,
+        // alpha's directory moved back: nothing else of the disk shows.
+        assert_eq!(t[1], "/run/cowork-fs");
+        assert_eq!(steps[1].source.as_deref(), Some(c"/sessions/alpha"));
+        assert_eq!(steps[1].flags, libc::MS_BIND | libc::MS_REC);
+        assert_eq!(t[2], "/sessions");
+        assert_eq!(steps[2].fstype.as_deref(), Some(c"tmpfs"));
+        assert_eq!(t[3], "/sessions/alpha");
+        assert_eq!(steps[3].flags, libc::MS_MOVE);
+        // Then the whole virtio-fs device covered, read-only.
+        assert_eq!(t[4], "/run/cowork-fs");
+        assert_eq!(steps[4].fstype.as_deref(), Some(c"tmpfs"));
+        assert_ne!(steps[4].flags & libc::MS_RDONLY, 0);
         // A fresh /proc hiding others' processes, the command line masked.
         let proc = steps.iter().find(|s| s.target.as_c_str() == c"/proc");
         assert_eq!(proc.unwrap().data.as_deref(), Some(c"hidepid=invisible"));
@@ -492,9 +481,16 @@ mod tests {
         assert_ne!(sys.unwrap().flags & libc::MS_RDONLY, 0);
         for s in &steps {
             let source = s.source.as_deref().map(|s| s.to_string_lossy());
+            let bound_from = (s.flags & libc::MS_BIND != 0).then_some(source.clone());
             assert!(
-                !matches!(source.as_deref(), Some("/sessions" | "/run/cowork-fs"))
-                    && !source.is_some_and(|s| s.starts_with("/run/cowork-fs/")),
+                !matches!(
+                    bound_from.flatten().as_deref(),
+                    Some("/sessions" | "/run/cowork-fs")
+                ),
+                "{s:?}"
+            );
+            assert!(
+                !source.is_some_and(|s| s.starts_with("/run/cowork-fs/")),
                 "{s:?}"
             );
             assert!(s.flags & libc::MS_SHARED == 0, "nothing propagates out");

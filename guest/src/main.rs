@@ -133,7 +133,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let pid1 = std::process::id() == 1;
+    // PID 1 of the VM: started by the kernel with no arguments. Run by hand
+    // (or as PID 1 of a test's PID namespace) it must not touch the
+    // machine's settings.
+    let pid1 = std::process::id() == 1
+        && args.confine_root.is_none()
+        && matches!(args.host, HostEnd::Vsock { .. });
     if pid1 {
         init::signal_boot_timer();
         for p in init::early_init() {
