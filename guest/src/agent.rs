@@ -17,16 +17,18 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::stdin_queue::{Refused, StdinQueue, STDIN_LIMIT};
 use crate::wire::{self, GuestMsg, HostMsg, PROTOCOL_VERSION};
 
 const CHUNK: usize = 64 * 1024;
 /// Frames queued for the host; producers wait when it is full.
 const OUT_QUEUE: usize = 64;
-const STDIN_QUEUE: usize = 64;
 const MAX_PROCESSES: usize = 1024;
 /// After a process exits, a pipe a grandchild keeps open but silent this
 /// long is abandoned so the exit is not held back.
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
+/// How long a request doing file system work may take before it fails.
+const SLOW_REQUEST: Duration = Duration::from_secs(60);
 const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,13 @@ pub struct Config {
     pub in_vm: bool,
     /// Where session directories live (the session disk in the VM).
     pub sessions_root: std::path::PathBuf,
+    /// Confine each process to its session (its own user and view of the
+    /// file system; see [`crate::confine`]): always in the VM, where a
+    /// spawn must then name its session. `None` run by hand.
+    pub confine: Option<crate::confine::Layout>,
+    /// The per-boot token from the kernel command line, said in the hello
+    /// so the host knows it is the agent; empty run by hand.
+    pub token: String,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +88,7 @@ async fn send_error(out: &Out, message: impl Into<String>) {
 
 struct Proc {
     pgid: Pid,
-    stdin: Option<mpsc::Sender<Vec<u8>>>,
+    stdin: Option<StdinQueue>,
 }
 
 #[derive(Clone, Default)]
@@ -115,9 +124,7 @@ where
     let hello = GuestMsg::Hello {
         version: PROTOCOL_VERSION,
         agent: format!("cowork-guest {}", env!("CARGO_PKG_VERSION")),
-        // PID 1 handed the boot's token to the agent alone (sessions are
-        // spawned with a cleared environment).
-        token: std::env::var(wire::TOKEN_ENV).unwrap_or_default(),
+        token: cfg.token.clone(),
     };
     send(&out, &hello, &[]).await;
     let procs = Procs::default();
@@ -158,9 +165,16 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             args,
             env,
             cwd,
-            session: _,
+            session,
         } => {
-            match spawn(&id, &command, &args, env, cwd.as_deref(), out, procs, cfg) {
+            let how = Launch {
+                command: &command,
+                args: &args,
+                env,
+                cwd: cwd.as_deref(),
+                session: session.as_deref(),
+            };
+            match spawn(&id, how, out, procs, cfg) {
                 Ok(supervisor) => {
                     // Spawned is queued before the supervisor can queue any
                     // of the process's output.
@@ -171,12 +185,27 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             }
         }
         HostMsg::Stdin { id } => {
-            let tx = procs.lock().get(&id).and_then(|p| p.stdin.clone());
-            match tx {
-                Some(tx) => {
-                    let _ = tx.send(payload.to_vec()).await;
+            // Never waits on the process: queued now or refused now.
+            let res = match procs.lock().get(&id) {
+                Some(Proc { stdin: Some(q), .. }) => q.push(payload),
+                Some(_) => Err(Refused::Closed),
+                None => Err(Refused::Closed),
+            };
+            match res {
+                Ok(()) => {}
+                Err(Refused::Full { queued }) => {
+                    let n = payload.len();
+                    let msg = format!(
+                        "stdin of {id:?}: {n} bytes dropped, {queued} bytes already wait \
+                         for the process to read (limit {STDIN_LIMIT})"
+                    );
+                    send_error(out, msg).await
                 }
-                None => send_error(out, format!("stdin of {id:?}: no such running process")).await,
+                Err(Refused::Closed) => {
+                    let msg =
+                        format!("stdin of {id:?}: no such running process, or its stdin is closed");
+                    send_error(out, msg).await
+                }
             }
         }
         HostMsg::CloseStdin { id } => {
@@ -197,13 +226,9 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
         }
         HostMsg::ReadFile { req, path, limit } => {
             let limit = limit.min(cfg.read_file_limit);
-            let res = tokio::task::spawn_blocking(move || read_limited(Path::new(&path), limit))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-            match res {
-                Ok(content) => send(out, &GuestMsg::File { req }, &content).await,
-                Err(error) => send(out, &GuestMsg::Failed { req, error }, &[]).await,
-            }
+            answer_later(out, req, move || {
+                read_limited(Path::new(&path), limit).map(Answer::File)
+            });
         }
         HostMsg::Mount {
             req,
@@ -212,36 +237,49 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             path,
             read_only,
         } => {
-            let res = if cfg.in_vm {
+            let in_vm = cfg.in_vm;
+            answer_later(out, req, move || {
+                if !in_vm {
+                    return Err("mounting shares needs the agent to run in the VM".into());
+                }
                 crate::init::mount_share(&tag, subdir.as_deref(), Path::new(&path), read_only)
-            } else {
-                Err("mounting shares needs the agent to run in the VM".into())
-            };
-            reply(out, req, res).await;
+                    .map(|()| Answer::Done)
+            });
         }
         HostMsg::Unmount { req, path } => {
-            let res = if cfg.in_vm {
-                nix::mount::umount(Path::new(&path)).map_err(|e| format!("umount {path}: {e}"))
-            } else {
-                Err("unmounting shares needs the agent to run in the VM".into())
-            };
-            reply(out, req, res).await;
+            let confining = cfg.confine.is_some();
+            answer_later(out, req, move || {
+                if !confining {
+                    return Err("unmounting shares needs the agent to run in the VM".into());
+                }
+                // Detached: the unmount reaches every session's copy (by
+                // propagation) even while one of its processes is inside.
+                nix::mount::umount2(Path::new(&path), nix::mount::MntFlags::MNT_DETACH)
+                    .map(|()| Answer::Done)
+                    .map_err(|e| format!("umount {path}: {e}"))
+            });
         }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
-        HostMsg::SessionUser { req, .. } => {
-            let error = "session users are not implemented yet".to_string();
-            send(out, &GuestMsg::Failed { req, error }, &[]).await
+        HostMsg::SessionUser { req, session } => {
+            let layout = cfg.confine.clone();
+            answer_later(out, req, move || {
+                let (uid, gid) = match layout {
+                    Some(l) => crate::confine::session_user(&l.sessions_root, &session)?,
+                    // Unconfined, every process runs as the agent's user.
+                    None => (
+                        nix::unistd::getuid().as_raw(),
+                        nix::unistd::getgid().as_raw(),
+                    ),
+                };
+                let json = serde_json::json!({"uid": uid, "gid": gid});
+                Ok(Answer::Json(json.to_string().into_bytes()))
+            });
         }
         HostMsg::Sessions { req, op, args } => {
             let root = cfg.sessions_root.clone();
-            let res = tokio::task::spawn_blocking(move || sessions(root, &op, args))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r);
-            match res {
-                Ok(json) => send(out, &GuestMsg::Json { req }, &json).await,
-                Err(error) => send(out, &GuestMsg::Failed { req, error }, &[]).await,
-            }
+            answer_later(out, req, move || {
+                sessions(root, &op, args).map(Answer::Json)
+            });
         }
         HostMsg::Shutdown => return true,
     }
@@ -281,25 +319,61 @@ fn sessions(
     json.map_err(|e| e.to_string())
 }
 
-async fn reply(out: &Out, req: u64, res: Result<(), String>) {
-    let msg = match res {
-        Ok(()) => GuestMsg::Done { req },
-        Err(error) => GuestMsg::Failed { req, error },
-    };
-    send(out, &msg, &[]).await;
+/// A request's successful answer.
+enum Answer {
+    Done,
+    File(Vec<u8>),
+    Json(Vec<u8>),
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Runs `work` (file system work that may block: a stalled virtio-fs
+/// device, a slow disk) on the blocking pool and answers `req` from a task
+/// of its own, so the request loop goes on at once. Past [`SLOW_REQUEST`]
+/// the request fails (the blocked thread is left to finish or not).
+fn answer_later<F>(out: &Out, req: u64, work: F)
+where
+    F: FnOnce() -> Result<Answer, String> + Send + 'static,
+{
+    let out = out.clone();
+    tokio::spawn(async move {
+        let res = tokio::time::timeout(SLOW_REQUEST, tokio::task::spawn_blocking(work)).await;
+        let res = match res {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(format!("request failed: {e}")),
+            Err(_) => Err(format!("no answer within {}s", SLOW_REQUEST.as_secs())),
+        };
+        match res {
+            Ok(Answer::Done) => send(&out, &GuestMsg::Done { req }, &[]).await,
+            Ok(Answer::File(content)) => send(&out, &GuestMsg::File { req }, &content).await,
+            Ok(Answer::Json(json)) => send(&out, &GuestMsg::Json { req }, &json).await,
+            Err(error) => send(&out, &GuestMsg::Failed { req, error }, &[]).await,
+        }
+    });
+}
+
+/// What to run, as the host asked.
+struct Launch<'a> {
+    command: &'a str,
+    args: &'a [String],
+    env: Vec<(String, String)>,
+    cwd: Option<&'a str>,
+    session: Option<&'a str>,
+}
+
 fn spawn(
     id: &str,
-    command: &str,
-    args: &[String],
-    env: Vec<(String, String)>,
-    cwd: Option<&str>,
+    how: Launch<'_>,
     out: &Out,
     procs: &Procs,
     cfg: &Config,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, String> {
+    let Launch {
+        command,
+        args,
+        env,
+        cwd,
+        session,
+    } = how;
     if id.is_empty() || id.len() > 256 {
         return Err("process id must be 1-256 characters".into());
     }
@@ -311,6 +385,7 @@ fn spawn(
         return Err(format!("at most {MAX_PROCESSES} processes may run at once"));
     }
     let mut cmd = tokio::process::Command::new(command);
+    let has_home = env.iter().any(|(k, _)| k == "HOME");
     cmd.args(args)
         .env_clear()
         .envs(env)
@@ -318,7 +393,23 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(dir) = cwd {
+    if let Some(layout) = &cfg.confine {
+        let Some(name) = session else {
+            return Err("a process must belong to a session".into());
+        };
+        let plan = crate::confine::Plan::new(layout, name, cwd)?;
+        if !has_home {
+            cmd.env("HOME", layout.sessions_root.join(name));
+        }
+        // SAFETY: the closure runs in the child between fork and exec;
+        // `Plan::apply` makes only system calls on data prepared before
+        // the fork (no allocation, no locks), which is what is safe there.
+        // (The working directory is set by it too, inside the new view:
+        // `current_dir` would be entered before the view exists.)
+        unsafe {
+            cmd.pre_exec(move || plan.apply());
+        }
+    } else if let Some(dir) = cwd {
         // A session's own directory on the session disk is made on first
         // use; anything else must exist.
         if dir.starts_with(&format!("{}/", crate::init::SESSION_ROOT)) {
@@ -331,17 +422,10 @@ fn spawn(
         .map_err(|e| format!("cannot start {command}: {e}"))?;
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
-    let stdin = child.stdin.take().map(|mut w| {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
-        tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                if w.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-        });
-        tx
-    });
+    let stdin = child
+        .stdin
+        .take()
+        .map(|w| StdinQueue::start(w, STDIN_LIMIT));
     table.insert(
         id.to_string(),
         Proc {

@@ -76,6 +76,17 @@ pub fn early_init() -> Vec<String> {
         .iter()
         .filter_map(|(src, dst, fs, fl, data)| mount_fs(src, dst, fs, *fl, *data).err())
         .collect();
+    // Sessions must not read the kernel log (nor, in it, the command line
+    // with the agent token) nor make user namespaces to undo their view.
+    for (knob, value) in [
+        ("/proc/sys/kernel/dmesg_restrict", "1"),
+        ("/proc/sys/kernel/kptr_restrict", "2"),
+        ("/proc/sys/user/max_user_namespaces", "0"),
+    ] {
+        if let Err(e) = std::fs::write(knob, value) {
+            problems.push(format!("{knob}: {e}"));
+        }
+    }
     // Let per-process cgroups use the memory controller.
     let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
@@ -96,7 +107,7 @@ pub fn early_init() -> Vec<String> {
 
 /// Where a virtio-fs device is mounted whole when shares are taken from
 /// its subdirectories.
-const FS_ROOT: &str = "/run/cowork-fs";
+pub const FS_ROOT: &str = "/run/cowork-fs";
 
 /// Mounts a virtio-fs share by its tag, or one directory of it (bound from
 /// the whole device, mounted once under [`FS_ROOT`]).
@@ -192,6 +203,36 @@ pub fn reap_until(agent: nix::unistd::Pid) -> i32 {
     }
 }
 
+/// Longest token accepted (the host makes 64 hex digits).
+const MAX_TOKEN: usize = 256;
+
+/// The agent token ([`crate::wire::TOKEN_PARAM`]) on a kernel command
+/// line; empty when there is none or it is not plain hex of a sane length.
+pub fn token_from_cmdline(cmdline: &str) -> String {
+    let prefix = format!("{}=", crate::wire::TOKEN_PARAM);
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix(&prefix))
+        .next_back()
+        .filter(|t| t.len() <= MAX_TOKEN && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Reads the token PID 1 hands the agent on its stdin (a pipe nobody else
+/// has), at most [`MAX_TOKEN`] bytes.
+pub fn read_token(from: impl std::io::Read) -> String {
+    use std::io::Read;
+    let mut buf = String::new();
+    let _ = from.take(MAX_TOKEN as u64).read_to_string(&mut buf);
+    let token = buf.trim();
+    if token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        token.to_string()
+    } else {
+        String::new()
+    }
+}
+
 /// Syncs, unmounts what it can, and reboots: the VMM sees the VM end.
 pub fn power_off() -> ! {
     nix::unistd::sync();
@@ -204,5 +245,22 @@ pub fn power_off() -> ! {
     // left to do but stop.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_read_from_the_command_line() {
+        let t = |s: &str| token_from_cmdline(s);
+        assert_eq!(t("console=ttyS0 cowork.token=00ffAb reboot=k"), "00ffAb");
+        assert_eq!(t("console=ttyS0"), "");
+        assert_eq!(t("cowork.token=zz"), "", "not hex");
+        assert_eq!(t(&format!("cowork.token={}", "a".repeat(300))), "");
+        assert_eq!(t("xcowork.token=aa"), "");
+        assert_eq!(read_token(&b"abc123\n"[..]), "abc123");
+        assert_eq!(read_token(&b"abc 123"[..]), "");
     }
 }

@@ -5,7 +5,11 @@
 #[cfg(feature = "agent")]
 pub mod agent;
 #[cfg(feature = "agent")]
+pub mod confine;
+#[cfg(feature = "agent")]
 pub mod forward;
 #[cfg(feature = "agent")]
 pub mod init;
+#[cfg(feature = "agent")]
+pub mod stdin_queue;
 pub mod wire;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cowork_guest::agent::{self, Config, End};
 use cowork_guest::forward::{forward, Channel, HostEnd};
-use cowork_guest::{init, wire};
+use cowork_guest::{confine, init, wire};
 
 const USAGE: &str =
     "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES] [--sessions-root DIR]";
@@ -21,6 +21,9 @@ struct Args {
     read_file_limit: u64,
     sessions_root: PathBuf,
     agent_child: bool,
+    /// Test only (hidden): confine processes as in the VM, with every
+    /// path of the layout under this directory.
+    confine_root: Option<PathBuf>,
 }
 
 fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -36,6 +39,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         read_file_limit: READ_FILE_LIMIT,
         sessions_root: PathBuf::from(init::SESSION_ROOT),
         agent_child: false,
+        confine_root: None,
     };
     while let Some(arg) = it.next() {
         let mut value = || {
@@ -52,6 +56,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--sessions-root" => a.sessions_root = PathBuf::from(value()?),
             "--agent" => a.agent_child = true,
+            "--confine-test-root" => a.confine_root = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -60,11 +65,29 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 
 /// Connects to the host with back-off (100 ms doubling to 2 s) and serves
 /// it; reconnects after a drop until the host asks for shutdown.
-async fn run_agent(args: Args, in_vm: bool) {
+async fn run_agent(args: Args, in_vm: bool, token: String) {
+    let confine = match (&args.confine_root, in_vm) {
+        (Some(dir), _) => Some(confine::Layout::under(dir)),
+        (None, true) => Some(confine::Layout::vm()),
+        (None, false) => None,
+    };
+    let sessions_root = match &confine {
+        Some(l) => l.sessions_root.clone(),
+        None => args.sessions_root.clone(),
+    };
+    if let Some(layout) = &confine {
+        // Without it the sessions would see too much: serve nobody.
+        if let Err(e) = confine::prepare_agent(layout) {
+            eprintln!("cowork-guest: cannot confine sessions: {e}");
+            std::process::exit(1);
+        }
+    }
     let cfg = Config {
         read_file_limit: args.read_file_limit,
         in_vm,
-        sessions_root: args.sessions_root.clone(),
+        sessions_root,
+        confine,
+        token,
     };
     if in_vm {
         let egress = args.egress.clone();
@@ -110,7 +133,12 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let pid1 = std::process::id() == 1;
+    // PID 1 of the VM: started by the kernel with no arguments. Run by hand
+    // (or as PID 1 of a test's PID namespace) it must not touch the
+    // machine's settings.
+    let pid1 = std::process::id() == 1
+        && args.confine_root.is_none()
+        && matches!(args.host, HostEnd::Vsock { .. });
     if pid1 {
         init::signal_boot_timer();
         for p in init::early_init() {
@@ -119,8 +147,20 @@ fn main() {
         // The agent runs as a child so that PID 1 is free to reap every
         // orphan without stealing the agent's own children's statuses.
         let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/sbin/init"));
-        match std::process::Command::new(me).arg("--agent").spawn() {
-            Ok(child) => {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let token = init::token_from_cmdline(&cmdline);
+        // The token goes to the agent alone, on a pipe as its stdin: not
+        // in its environment or arguments, which other processes can read.
+        let agent = std::process::Command::new(me)
+            .arg("--agent")
+            .stdin(std::process::Stdio::piped())
+            .spawn();
+        match agent {
+            Ok(mut child) => {
+                if let Some(mut pipe) = child.stdin.take() {
+                    use std::io::Write;
+                    let _ = pipe.write_all(token.as_bytes());
+                }
                 println!("cowork-guest: ready (agent pid {})", child.id());
                 let code = init::reap_until(nix::unistd::Pid::from_raw(child.id() as i32));
                 println!("cowork-guest: agent ended ({code}); rebooting");
@@ -130,6 +170,13 @@ fn main() {
         init::power_off();
     }
     let in_vm = args.agent_child;
+    // In the VM, PID 1 hands the token on the agent's stdin; run by hand
+    // (a host testing its session logic) it comes from the environment.
+    let token = if in_vm {
+        init::read_token(std::io::stdin())
+    } else {
+        std::env::var(wire::TOKEN_ENV).unwrap_or_default()
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -141,5 +188,5 @@ fn main() {
             std::process::exit(1);
         }
     };
-    rt.block_on(run_agent(args, in_vm));
+    rt.block_on(run_agent(args, in_vm, token));
 }

@@ -23,8 +23,8 @@ pub const BOOT_TIMER_MAGIC: u8 = 123;
 /// token: PID 1 reads it, hands it to the agent alone, and the agent's
 /// hello proves with it that it is the agent (sessions cannot read it).
 pub const TOKEN_PARAM: &str = "cowork.token";
-/// The environment variable the agent takes its token from (PID 1 sets it
-/// for the agent alone; a host running the agent as a process sets it too).
+/// Where the agent takes its token from when run by hand over a Unix
+/// socket (in the VM, PID 1 hands it on the agent's stdin instead).
 pub const TOKEN_ENV: &str = "COWORK_AGENT_TOKEN";
 /// Largest frame either side accepts (header and payload).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;

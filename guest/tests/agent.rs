@@ -2,112 +2,13 @@
 //! everything but the VM-only parts (mounts, cgroups), end to end.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Child, Command};
+mod common;
+
+use std::io::Write;
 use std::time::Duration;
 
+use common::Agent;
 use cowork_guest::wire::{self, GuestMsg, HostMsg};
-
-struct Agent {
-    child: Child,
-    s: UnixStream,
-    _tmp: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn start() -> Agent {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("host.sock");
-        let l = UnixListener::bind(&path).unwrap();
-        std::fs::create_dir(tmp.path().join("sessions")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_cowork-guest"))
-            .arg("--unix")
-            .arg(&path)
-            .arg("--sessions-root")
-            .arg(tmp.path().join("sessions"))
-            .spawn()
-            .unwrap();
-        let (s, _) = l.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut a = Agent {
-            child,
-            s,
-            _tmp: tmp,
-        };
-        match a.recv().0 {
-            GuestMsg::Hello { version, agent, .. } => {
-                assert_eq!(version, wire::PROTOCOL_VERSION);
-                assert!(agent.starts_with("cowork-guest"));
-            }
-            other => panic!("expected hello, got {other:?}"),
-        }
-        a
-    }
-
-    fn send(&mut self, m: &HostMsg, payload: &[u8]) {
-        self.s
-            .write_all(&wire::encode(m, payload).unwrap())
-            .unwrap();
-    }
-
-    fn recv(&mut self) -> (GuestMsg, Vec<u8>) {
-        self.try_recv().expect("agent closed the connection")
-    }
-
-    fn try_recv(&mut self) -> Option<(GuestMsg, Vec<u8>)> {
-        let mut len = [0u8; 4];
-        self.s.read_exact(&mut len).ok()?;
-        let n = wire::check_len(u32::from_be_bytes(len)).unwrap();
-        let mut body = vec![0u8; n];
-        self.s.read_exact(&mut body).unwrap();
-        let (m, p): (GuestMsg, &[u8]) = wire::decode(&body).unwrap();
-        Some((m, p.to_vec()))
-    }
-
-    fn spawn(&mut self, id: &str, cmd: &str, args: &[&str]) {
-        self.send(
-            &HostMsg::Spawn {
-                id: id.into(),
-                command: cmd.into(),
-                args: args.iter().map(|s| s.to_string()).collect(),
-                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-                cwd: None,
-                session: None,
-            },
-            &[],
-        );
-    }
-
-    /// stdout, stderr and (code, signal) of `id`, checking nothing of it
-    /// comes after its exit.
-    fn collect(&mut self, id: &str) -> (Vec<u8>, Vec<u8>, Option<i32>, Option<i32>) {
-        let (mut out, mut err) = (Vec::new(), Vec::new());
-        loop {
-            match self.recv() {
-                (GuestMsg::Stdout { id: i }, p) if i == id => out.extend(p),
-                (GuestMsg::Stderr { id: i }, p) if i == id => err.extend(p),
-                (
-                    GuestMsg::Exit {
-                        id: i,
-                        code,
-                        signal,
-                        ..
-                    },
-                    _,
-                ) if i == id => return (out, err, code, signal),
-                _ => {}
-            }
-        }
-    }
-}
 
 #[test]
 fn spawn_output_exit_and_stdin() {
@@ -397,4 +298,81 @@ fn session_disk_operations() {
     .unwrap()["errors"]
         .as_object()
         .is_some());
+}
+
+/// A process that never reads its stdin stalls only itself: 20 MiB sent to
+/// `sleep` (over the 16 MiB bound: the excess is refused with errors naming
+/// it) do not hold back another process's spawn and output.
+#[test]
+fn a_process_not_reading_stdin_stalls_only_itself() {
+    let mut a = Agent::start();
+    a.spawn("deaf", "/bin/sleep", &["30"]);
+    assert_eq!(a.recv().0, GuestMsg::Spawned { id: "deaf".into() });
+    // The writes run on their own thread: a stalled agent must fail this
+    // test by its deadline, not hang it.
+    let mut w = a.s.try_clone().unwrap();
+    let started = std::time::Instant::now();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..320 {
+            let f = wire::encode(&HostMsg::Stdin { id: "deaf".into() }, &chunk).unwrap();
+            w.write_all(&f).unwrap();
+        }
+        let spawn = HostMsg::Spawn {
+            id: "next".into(),
+            command: "/bin/echo".into(),
+            args: vec!["still here".into()],
+            env: vec![],
+            cwd: None,
+            session: None,
+        };
+        w.write_all(&wire::encode(&spawn, &[]).unwrap()).unwrap();
+    });
+    a.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut refusals = 0;
+    let out = loop {
+        match a
+            .try_recv()
+            .expect("the agent stalled: no output of the second process")
+        {
+            (GuestMsg::Error { message }, _) => {
+                assert!(message.contains("\"deaf\""), "{message}");
+                refusals += 1;
+            }
+            (GuestMsg::Stdout { id }, p) if id == "next" => break p,
+            _ => {}
+        }
+    };
+    assert_eq!(out, b"still here\n");
+    assert!(refusals > 0, "the bytes over the bound were refused");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    writer.join().unwrap();
+}
+
+/// Run by hand nothing is confined: a session's user is the agent's own.
+#[test]
+fn session_user_out_of_the_vm_is_the_agents() {
+    let mut a = Agent::start();
+    a.send(
+        &HostMsg::SessionUser {
+            req: 4,
+            session: "any".into(),
+        },
+        &[],
+    );
+    match a.recv() {
+        (GuestMsg::Json { req: 4 }, p) => {
+            let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+            let want = serde_json::json!({
+                "uid": nix::unistd::getuid().as_raw(),
+                "gid": nix::unistd::getgid().as_raw(),
+            });
+            assert_eq!(v, want);
+        }
+        other => panic!("{other:?}"),
+    }
 }

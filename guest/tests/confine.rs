@@ -1,0 +1,268 @@
+//! The real confinement code, end to end, as root but harmless to the
+//! machine running it: the agent runs under `unshare --mount --pid --fork
+//! --propagation private` (its mounts, and its sessions' namespaces made
+//! from them, are its own) with every path of its layout under a test
+//! directory (the hidden `--confine-test-root`). Without root or unshare
+//! it skips, saying so, and fails under `CI=true`.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Agent;
+use cowork_guest::wire::{GuestMsg, HostMsg};
+
+/// Why this machine cannot run the test, if it cannot.
+fn cannot_run() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root".into());
+    }
+    let ok = Command::new("unshare")
+        .args(["--mount", "--pid", "--uts", "--ipc", "--fork"])
+        .args(["--propagation", "private", "true"])
+        .status();
+    match ok {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!("unshare --mount --pid fails here ({s})")),
+        Err(e) => Some(format!("no unshare: {e}")),
+    }
+}
+
+fn skip_unless_able(test: &str) -> bool {
+    let Some(why) = cannot_run() else {
+        return false;
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} must run in CI: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+struct Confined {
+    a: Agent,
+    root: std::path::PathBuf,
+}
+
+impl Confined {
+    fn start() -> Confined {
+        // Not under /tmp: each session gets its own /tmp over it.
+        let tmp = tempfile::Builder::new()
+            .prefix("confine")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        // Session users must reach their directories under it.
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = tmp.path().to_path_buf();
+        let mut cmd = Command::new("unshare");
+        // Its own host name and IPC too: nothing of the machine's to touch.
+        cmd.args(["--mount", "--pid", "--uts", "--ipc", "--fork"])
+            .args(["--propagation", "private"])
+            .arg(env!("CARGO_BIN_EXE_cowork-guest"))
+            .arg("--confine-test-root")
+            .arg(&root);
+        Confined {
+            a: Agent::start_with(cmd, tmp),
+            root,
+        }
+    }
+
+    fn sessions(&self) -> std::path::PathBuf {
+        self.root.join("sessions")
+    }
+
+    /// Runs a shell command as root in the agent's mount namespace (as the
+    /// host's mounts of shares would be made there).
+    fn in_agent_ns(&self, script: &str) {
+        let st = Command::new("nsenter")
+            .arg("-t")
+            .arg(self.a.child.id().to_string())
+            .args(["-m", "sh", "-ec", script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    }
+
+    fn user(&mut self, req: u64, session: &str) -> u32 {
+        self.a.send(
+            &HostMsg::SessionUser {
+                req,
+                session: session.into(),
+            },
+            &[],
+        );
+        match self.a.recv() {
+            (GuestMsg::Json { req: r }, p) if r == req => {
+                let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+                assert_eq!(v["uid"], v["gid"]);
+                v["uid"].as_u64().unwrap() as u32
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn spawn(&mut self, id: &str, session: Option<&str>, script: &str) {
+        let root = self.sessions();
+        self.a.send(
+            &HostMsg::Spawn {
+                id: id.into(),
+                command: "/bin/sh".into(),
+                args: vec![
+                    "-c".into(),
+                    script.into(),
+                    "sh".into(),
+                    root.to_string_lossy().into(),
+                    self.root.join("fs").to_string_lossy().into(),
+                ],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: None,
+                session: session.map(Into::into),
+            },
+            &[],
+        );
+    }
+
+    /// Output of `id` up to a line `until` (or its exit), within 20 s.
+    fn read_until(&mut self, id: &str, until: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        self.a
+            .s
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut out = String::new();
+        while Instant::now() < deadline {
+            match self.a.recv() {
+                (GuestMsg::Stdout { id: i } | GuestMsg::Stderr { id: i }, p) if i == id => {
+                    out.push_str(&String::from_utf8_lossy(&p));
+                    if out.lines().any(|l| l == until) {
+                        return out;
+                    }
+                }
+                (GuestMsg::Exit { id: i, .. }, _) if i == id => return out,
+                (GuestMsg::SpawnFailed { id: i, error }, _) if i == id => {
+                    panic!("{id}: {error}")
+                }
+                _ => {}
+            }
+        }
+        panic!("{id}: no {until:?} in time; got {out}")
+    }
+}
+
+const PROBE: &str = r#"
+echo uid=$(id -u) gid=$(id -g) groups=$(id -G)
+echo home=$HOME pwd=$(pwd)
+echo sessions=$(ls -A "$1")
+cat "$1/b/secret" 2>/dev/null && echo LEAK-secret || echo secret-hidden
+echo owners=$(stat -c %u /proc/[0-9]* | sort -u)
+echo cmdline=$(wc -c < /proc/cmdline)
+touch "$1/a/mnt/ro/new" 2>/dev/null && echo LEAK-wrote-ro || echo ro-refused
+echo share=$(cat "$1/a/mnt/ro/file")
+echo fs=$(ls -A "$2")
+touch "$1/a/own" && echo own-ok
+echo tmp=$(ls -A /tmp)
+echo 1 > /sys/kernel/mm/ksm/run 2>/dev/null && echo LEAK-sys || echo sys-ro
+echo done
+"#;
+
+#[test]
+fn a_session_sees_only_itself() {
+    if skip_unless_able("a_session_sees_only_itself") {
+        return;
+    }
+    let mut c = Confined::start();
+    let ua = c.user(1, "a");
+    let ub = c.user(2, "b");
+    assert!(ua >= 20000 && ub >= 20000 && ua != ub, "{ua} {ub}");
+    assert_eq!(c.user(3, "a"), ua, "stable");
+    let s = c.sessions();
+    std::fs::write(s.join("b/secret"), b"b's").unwrap();
+    std::fs::create_dir_all(c.root.join("src-ro")).unwrap();
+    std::fs::write(c.root.join("src-ro/file"), b"shared").unwrap();
+    std::fs::write(c.root.join("fs/whole-device"), b"x").unwrap();
+    let ro = s.join("a/mnt/ro");
+    c.in_agent_ns(&format!(
+        "mkdir -p {ro} && mount --bind {src} {ro} && mount -o remount,bind,ro {ro}",
+        ro = ro.display(),
+        src = c.root.join("src-ro").display()
+    ));
+
+    // Without a session, in a confining agent, nothing runs.
+    c.spawn("none", None, "true");
+    assert!(matches!(c.a.recv().0, GuestMsg::SpawnFailed { .. }));
+
+    c.spawn("bsleep", Some("b"), "sleep 30");
+    c.spawn("probe", Some("a"), PROBE);
+    let out = c.read_until("probe", "done");
+    let want = [
+        format!("uid={ua} gid={ua} groups={ua}"),
+        format!("home={0} pwd={0}", s.join("a").display()),
+        "sessions=a".into(),
+        "secret-hidden".into(),
+        format!("owners={ua}"),
+        "cmdline=0".into(),
+        "ro-refused".into(),
+        "share=shared".into(),
+        "fs=".into(),
+        "own-ok".into(),
+        "tmp=".into(),
+        "sys-ro".into(),
+    ];
+    for w in want {
+        assert!(out.lines().any(|l| l == w), "missing {w:?} in:\n{out}");
+    }
+    assert!(!out.contains("LEAK"), "{out}");
+    // The agent's view is untouched by the session's.
+    assert!(s.join("b/secret").exists());
+    assert_eq!(
+        std::fs::metadata(s.join("a/own"))
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap(),
+        ua
+    );
+}
+
+/// A share mounted after a process started appears in it at once, and an
+/// unmount takes it away.
+#[test]
+fn shares_come_and_go_in_running_sessions() {
+    if skip_unless_able("shares_come_and_go_in_running_sessions") {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    let late = c.sessions().join("a/mnt/late");
+    std::fs::create_dir_all(c.root.join("src-late")).unwrap();
+    std::fs::write(c.root.join("src-late/marker"), b"m").unwrap();
+    c.in_agent_ns(&format!("mkdir -p {}", late.display()));
+    c.spawn(
+        "w",
+        Some("a"),
+        r#"m="$1/a/mnt/late/marker"
+        echo waiting
+        while [ ! -e "$m" ]; do sleep 0.1; done; echo saw-late
+        while [ -e "$m" ]; do sleep 0.1; done; echo gone-late"#,
+    );
+    c.read_until("w", "waiting");
+    c.in_agent_ns(&format!(
+        "mount --bind {} {}",
+        c.root.join("src-late").display(),
+        late.display()
+    ));
+    c.read_until("w", "saw-late");
+    c.a.send(
+        &HostMsg::Unmount {
+            req: 7,
+            path: late.to_string_lossy().into(),
+        },
+        &[],
+    );
+    let out = c.read_until("w", "gone-late");
+    assert!(out.contains("gone-late"), "{out}");
+    assert!(!Path::new(&late).join("marker").exists());
+}
