@@ -333,7 +333,7 @@ impl KvmBackend {
             Some(s) => s,
             None => {
                 let s = shares
-                    .add(&dir, ro)
+                    .add(&dir, ro, None)
                     .map_err(|e| BackendError::invalid("share", e.to_string()))?;
                 self.lock().share_of.insert((dir, ro), s.clone());
                 s

@@ -208,7 +208,7 @@ pub fn fs(data: &[u8]) {
     };
     let _ = std::fs::write(ro.path().join("keep.txt"), b"precious");
     let shares = Arc::new(Shares::new());
-    if shares.add(rw.path(), false).is_err() || shares.add(ro.path(), true).is_err() {
+    if shares.add(rw.path(), false, None).is_err() || shares.add(ro.path(), true, None).is_err() {
         return;
     }
     let mut dev = Fs::new(TAG, shares);
