@@ -50,7 +50,7 @@ impl Fs {
         match self.server.handle_message(r, w.into(), None, None) {
             Ok(n) => n as u32,
             Err(e) => {
-                tracing::debug!("virtio-fs: request failed: {e}");
+                crate::guest_log!(debug, "virtio-fs-request", "virtio-fs: request failed: {e}");
                 0
             }
         }
