@@ -110,9 +110,8 @@ impl KvmBackend {
         let share = match existing {
             Some(s) => s,
             None => {
-                let _ = user;
                 let s = shares
-                    .add(&dir, ro)
+                    .add(&dir, ro, user)
                     .map_err(|e| BackendError::invalid("share", e.to_string()))?;
                 let mut st = self.lock();
                 match owner {

@@ -206,9 +206,12 @@ pub fn fs(data: &[u8]) {
     let (Ok(rw), Ok(ro)) = (tempfile::tempdir(), tempfile::tempdir()) else {
         return;
     };
-    let _ = std::fs::write(ro.path().join("keep.txt"), b"precious");
+    let keep = ro.path().join("keep.txt");
+    if std::fs::write(&keep, b"precious").is_err() {
+        return;
+    }
     let shares = Arc::new(Shares::new());
-    if shares.add(rw.path(), false).is_err() || shares.add(ro.path(), true).is_err() {
+    if shares.add(rw.path(), false, None).is_err() || shares.add(ro.path(), true, None).is_err() {
         return;
     }
     let mut dev = Fs::new(TAG, shares);
@@ -217,6 +220,16 @@ pub fn fs(data: &[u8]) {
     d.run(&mut dev, 1);
     d.post(1, data);
     d.run(&mut dev, 1);
+    // The finding this target exists for: a write through a read-only
+    // share. Panicking is how a fuzz target reports it.
+    let kept = std::fs::read(&keep).ok();
+    assert_eq!(
+        kept.as_deref(),
+        Some(&b"precious"[..]),
+        "a request changed a file in a read-only share"
+    );
+    let listed = std::fs::read_dir(ro.path()).map(|d| d.count()).ok();
+    assert_eq!(listed, Some(1), "a request changed a read-only share");
 }
 
 /// One chain: FUSE INIT 7.31, then a reply buffer.

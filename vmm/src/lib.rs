@@ -9,6 +9,7 @@ pub mod devices;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 pub mod layout;
+pub mod log_limit;
 pub mod memory;
 pub mod seccomp;
 pub mod vcpu;

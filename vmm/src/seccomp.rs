@@ -57,10 +57,17 @@ const FIONREAD: u64 = 0x541b;
 const FIOCLEX: u64 = 0x5451;
 
 /// Syscalls every VMM thread needs: memory, locks, time, logging, and
-/// ending the thread.
+/// ending the thread. The clock reads are normally served by the vDSO
+/// without a syscall, but not where there is no usable vDSO clock (an
+/// emulated machine, some hypervisors): there glibc falls back to the real
+/// syscalls, and refusing them breaks every program that reads the time
+/// (mke2fs under the inherited helper filter did).
 const COMMON: &[libc::c_long] = &[
     libc::SYS_brk,
+    libc::SYS_clock_getres,
     libc::SYS_clock_gettime,
+    libc::SYS_gettimeofday,
+    libc::SYS_time,
     libc::SYS_clock_nanosleep,
     libc::SYS_close,
     libc::SYS_epoll_ctl,
@@ -435,6 +442,40 @@ mod tests {
             (true, libc::EPERM),
             "executable memory is refused"
         );
+    }
+
+    /// The clock syscalls themselves, bypassing the vDSO (as glibc does
+    /// where the vDSO clock is unusable): allowed under every filter.
+    #[test]
+    fn raw_clock_syscalls_pass_every_filter() {
+        for role in [ThreadRole::Vcpu, ThreadRole::Devices, ThreadRole::Helper] {
+            let results = confined(role, || {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let mut tv = libc::timeval {
+                    tv_sec: 0,
+                    tv_usec: 0,
+                };
+                let mut t: libc::time_t = 0;
+                // SAFETY: each call writes only into the local it is given.
+                unsafe {
+                    [
+                        libc::syscall(libc::SYS_gettimeofday, &mut tv, 0usize),
+                        libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_REALTIME, &mut ts),
+                        libc::syscall(libc::SYS_clock_getres, libc::CLOCK_MONOTONIC, &mut ts),
+                        libc::syscall(libc::SYS_time, &mut t),
+                    ]
+                }
+            });
+            let [gtod, gettime, getres, time] = results;
+            assert_eq!(gtod, 0, "{role:?}: gettimeofday");
+            assert_eq!(gettime, 0, "{role:?}: clock_gettime");
+            assert_eq!(getres, 0, "{role:?}: clock_getres");
+            // time(2) returns the time itself; a refusal would be -EPERM.
+            assert!(time > 0, "{role:?}: time returned {time}");
+        }
     }
 
     #[test]

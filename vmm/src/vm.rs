@@ -22,7 +22,7 @@ use crate::devices::bus::Bus;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::event_loop::{EventLoop, Source};
+use crate::devices::virtio::event_loop::{DeviceSources, EventLoop, Source};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{ExitReason, VmExit};
@@ -159,6 +159,17 @@ fn load(boot: &Boot, mem: &GuestMemoryMmap, mmio_args: &str) -> Result<Entry, Vm
     }
 }
 
+/// A short name for a virtio device type, for its thread's name.
+fn kind(device_type: u32) -> &'static str {
+    match device_type {
+        2 => "blk",
+        4 => "rng",
+        19 => "vsock",
+        26 => "fs",
+        _ => "virtio",
+    }
+}
+
 impl Vm {
     pub fn start(cfg: VmConfig) -> Result<Vm, VmError> {
         let started = Instant::now();
@@ -252,29 +263,32 @@ impl Vm {
             let irq = VIRTIO_IRQ_START + i as u32;
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(other)?;
             setup("virtio irqfd", vm.register_irqfd(&evt, irq))?;
+            let name = format!("vm-dev{i}-{}", kind(dev.device_type()));
+            let mut own = Vec::new();
             let transport = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), evt)));
             let (queues, backend) = {
                 let t = transport.lock().unwrap_or_else(|e| e.into_inner());
                 (t.queue_count(), t.backend_fd())
             };
-            // Queue notifies go to the device thread through ioeventfds;
+            // Queue notifies go to the device's thread through ioeventfds;
             // the register write stays handled too, should KVM refuse one.
             for index in 0..queues as u32 {
                 let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(other)?;
                 let addr = IoEventAddress::Mmio(base + crate::devices::virtio::mmio::QUEUE_NOTIFY);
                 setup("ioeventfd", vm.register_ioevent(&evt, &addr, index))?;
-                sources.push(Source::Queue {
+                own.push(Source::Queue {
                     transport: transport.clone(),
                     index,
                     evt,
                 });
             }
             if let Some(fd) = backend {
-                sources.push(Source::Backend {
+                own.push(Source::Backend {
                     transport: transport.clone(),
                     fd,
                 });
             }
+            sources.push(DeviceSources { name, sources: own });
             insert(&mut mmio, base, VIRTIO_MMIO_SIZE, transport)?;
             mmio_args.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         }

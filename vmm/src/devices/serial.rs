@@ -43,7 +43,7 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() == 1 && offset < 8 {
             if let Err(e) = self.serial.write(offset as u8, data[0]) {
-                tracing::debug!("serial write failed: {e:?}");
+                crate::guest_log!(debug, "serial-write", "serial write failed: {e:?}");
             }
         }
     }

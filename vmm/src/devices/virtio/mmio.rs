@@ -103,7 +103,7 @@ impl MmioTransport {
     fn interrupt(&mut self) {
         self.interrupt_status |= INT_USED_RING;
         if let Err(e) = self.irq.write(1) {
-            tracing::warn!("virtio interrupt failed: {e}");
+            crate::guest_log!(warn, "virtio-irq", "virtio interrupt failed: {e}");
         }
     }
 

@@ -5,12 +5,15 @@
 //! (virtio-mmio devices cannot be added after boot), and the guest agent
 //! bind-mounts that directory where the session wants it.
 //!
-//! What the library does not do, the device does: read-only shares refuse
-//! every mutating request before it reaches the library (by the share
-//! index the Vfs puts in each node id's top byte), so `ro` holds whatever
-//! the guest mounts with.
+//! What the library does not do, a layer around each share's file system
+//! does ([`share_fs`]): read-only shares refuse every mutating operation
+//! from the arguments the server already parsed (so `ro` holds whatever
+//! the guest mounts with, or rewrites in its memory meanwhile), owners can
+//! be mapped onto the session's guest user, and FIFOs and device nodes
+//! cannot be opened.
 
 mod device;
+mod share_fs;
 mod shares;
 
 pub use device::{Fs, VIRTIO_ID_FS};

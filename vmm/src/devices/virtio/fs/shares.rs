@@ -1,11 +1,13 @@
 //! The folders exported to the guest, added and removed while it runs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
+
+use super::share_fs::{Policy, ShareFs};
 
 /// The Vfs numbers its file systems with a byte; keep well inside it.
 pub const MAX_SHARES: usize = 200;
@@ -24,8 +26,6 @@ pub struct Shares {
     pub(super) vfs: Arc<Vfs>,
     names: Mutex<HashMap<String, u8>>,
     next: Mutex<u64>,
-    /// Vfs indexes of read-only shares: read on every request.
-    read_only: RwLock<HashSet<u8>>,
 }
 
 impl Default for Shares {
@@ -40,12 +40,21 @@ impl Shares {
             vfs: Arc::new(Vfs::new(VfsOptions::default())),
             names: Mutex::default(),
             next: Mutex::new(1),
-            read_only: RwLock::default(),
         }
     }
 
     /// Exports `dir`; the name the guest finds it under in the device.
-    pub fn add(&self, dir: &Path, read_only: bool) -> Result<String, ShareError> {
+    /// `read_only`: nothing in it may change, whatever the guest sends.
+    /// `owner`: `Some((uid, gid))` shows every file as owned by that guest
+    /// user and serves the share as the helper's own user (files the guest
+    /// creates belong to the helper's uid on the host); `None` reports host
+    /// owners and serves each request as the guest caller's uid/gid.
+    pub fn add(
+        &self,
+        dir: &Path,
+        read_only: bool,
+        owner: Option<(u32, u32)>,
+    ) -> Result<String, ShareError> {
         let shown = dir.display().to_string();
         if !dir.is_dir() {
             return Err(ShareError::NotADirectory(shown));
@@ -80,14 +89,11 @@ impl Shares {
         };
         let index = self
             .vfs
-            .mount(Box::new(fs), &format!("/{name}"))
+            .mount(
+                Box::new(ShareFs::new(fs, Policy { read_only, owner })),
+                &format!("/{name}"),
+            )
             .map_err(|e| ShareError::Backend(shown, format!("{e:?}")))?;
-        if read_only {
-            self.read_only
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(index);
-        }
         names.insert(name.clone(), index);
         Ok(name)
     }
@@ -95,25 +101,12 @@ impl Shares {
     /// Stops exporting a share (the guest sees it vanish).
     pub fn remove(&self, name: &str) {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = names.remove(name) {
+        if names.remove(name).is_some() {
             let _ = self.vfs.umount(&format!("/{name}"));
-            self.read_only
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&index);
         }
     }
 
     pub fn count(&self) -> usize {
         self.names.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether a FUSE node id lies in a read-only share.
-    pub(super) fn node_read_only(&self, node: u64) -> bool {
-        let index = (node >> 56) as u8;
-        self.read_only
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&index)
     }
 }

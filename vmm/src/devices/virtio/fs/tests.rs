@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, EntryOut, InHeader, InitIn, MkdirIn, Opcode, OpenIn, OutHeader, ReadIn, RenameIn,
-    SetattrIn, WriteIn,
+    CreateIn, EntryOut, InHeader, InitIn, LinkIn, MkdirIn, Opcode, OpenIn, OutHeader, ReadIn,
+    RenameIn, SetattrIn, WriteIn,
 };
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{Fs, Shares, TAG};
 use crate::devices::virtio::VirtioDevice;
@@ -28,6 +28,11 @@ struct Guest {
     dev: Fs,
     seen: u16,
     unique: u64,
+    /// Where requests are written in guest memory.
+    req: u64,
+    /// The caller's ids in each request's header.
+    uid: u32,
+    gid: u32,
 }
 
 fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
@@ -48,6 +53,9 @@ impl Guest {
             dev: Fs::new(TAG, shares),
             seen: 0,
             unique: 0,
+            req: REQ,
+            uid: 0,
+            gid: 0,
         };
         let init = InitIn {
             major: 7,
@@ -66,12 +74,26 @@ impl Guest {
 
     /// Sends raw request bytes; the reply header (if any) and payload.
     fn raw(&mut self, request: &[u8]) -> Option<(OutHeader, Vec<u8>)> {
-        self.mem.write_slice(request, GuestAddress(REQ)).unwrap();
+        self.mem
+            .write_slice(request, GuestAddress(self.req))
+            .unwrap();
         let chain = [
-            desc(REQ, request.len() as u32, 1, 1),
+            desc(self.req, request.len() as u32, 1, 1),
             desc(REPLY, 1 << 16, VRING_DESC_F_WRITE, 0),
         ];
-        self.vq.add_desc_chains(&chain, 0).unwrap();
+        // By hand: the mock's add_desc_chains does not wrap the avail
+        // ring, so past 16 requests it writes beyond it.
+        for (i, d) in chain.iter().enumerate() {
+            self.vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        let avail = self.vq.avail_addr();
+        let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+        self.mem
+            .write_obj(0u16, avail.unchecked_add(4 + u64::from(idx % 16) * 2))
+            .unwrap();
+        self.mem
+            .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+            .unwrap();
         self.dev.process_queue(1, &mut self.queues, self.mem);
         let e = self
             .vq
@@ -80,7 +102,7 @@ impl Guest {
             .ref_at((self.seen % 16) as usize)
             .unwrap()
             .load();
-        self.seen += 1;
+        self.seen = self.seen.wrapping_add(1);
         if (e.len() as usize) < std::mem::size_of::<OutHeader>() {
             return None;
         }
@@ -100,8 +122,8 @@ impl Guest {
             opcode,
             unique: self.unique,
             nodeid,
-            uid: 0,
-            gid: 0,
+            uid: self.uid,
+            gid: self.gid,
             pid: 1,
             padding: 0,
         };
@@ -145,14 +167,16 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
+mod policy;
+
 #[test]
 fn shares_read_write_and_read_only() {
     let rw = tempfile::tempdir().unwrap();
     let ro = tempfile::tempdir().unwrap();
     std::fs::write(ro.path().join("keep.txt"), b"precious").unwrap();
     let shares = Arc::new(Shares::new());
-    let rw_name = shares.add(rw.path(), false).unwrap();
-    let ro_name = shares.add(ro.path(), true).unwrap();
+    let rw_name = shares.add(rw.path(), false, None).unwrap();
+    let ro_name = shares.add(ro.path(), true, None).unwrap();
     let mut g = Guest::new(shares.clone());
 
     let rw_root = g.lookup(ROOT, &rw_name).unwrap();
@@ -204,21 +228,31 @@ fn shares_read_write_and_read_only() {
     let (out, opened) = g.call(Opcode::Open as u32, keep, open(libc::O_RDONLY).as_slice());
     assert_eq!(out.error, 0, "open for reading passes");
     let fh = u64::from_le_bytes(opened[..8].try_into().unwrap());
-    // Renames out of, into and inside the ro share.
+    // Renames out of and into the ro share: the Vfs refuses any rename
+    // across shares (EINVAL); inside it, the share's EROFS.
     let into = RenameIn { newdir: ro_root };
     let (out, _) = g.call(
         Opcode::Rename as u32,
         rw_root,
         &[into.as_slice(), &cstr("new.txt"), &cstr("moved")].concat(),
     );
-    assert_eq!(-out.error, libc::EROFS, "rename into ro");
+    assert_eq!(-out.error, libc::EINVAL, "rename into ro");
     let out_of = RenameIn { newdir: rw_root };
     let (out, _) = g.call(
         Opcode::Rename as u32,
         ro_root,
         &[out_of.as_slice(), &cstr("keep.txt"), &cstr("stolen")].concat(),
     );
-    assert_eq!(-out.error, libc::EROFS, "rename out of ro");
+    assert_eq!(-out.error, libc::EINVAL, "rename out of ro");
+    let link = LinkIn { oldnodeid: keep };
+    let (out, _) = g.call(
+        Opcode::Link as u32,
+        rw_root,
+        &[link.as_slice(), &cstr("hardlink")].concat(),
+    );
+    assert_eq!(-out.error, libc::EINVAL, "link out of ro");
+    assert!(!rw.path().join("hardlink").exists());
+    assert!(rw.path().join("new.txt").exists());
     assert_eq!(
         std::fs::read(ro.path().join("keep.txt")).unwrap(),
         b"precious"
@@ -252,7 +286,7 @@ fn escapes_bad_inodes_and_malformed_requests() {
     std::fs::create_dir(&inner).unwrap();
     std::os::unix::fs::symlink("/etc", inner.join("link")).unwrap();
     let shares = Arc::new(Shares::new());
-    let name = shares.add(&inner, false).unwrap();
+    let name = shares.add(&inner, false, None).unwrap();
     let mut g = Guest::new(shares);
     let root = g.lookup(ROOT, &name).unwrap();
 

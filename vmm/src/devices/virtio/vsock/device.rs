@@ -229,13 +229,22 @@ impl Vsock {
                     }
                     let fd = s.as_raw_fd();
                     if let Err(e) = self.register(fd, Target::Handshake(s)) {
-                        tracing::warn!("vsock: cannot watch a host connection: {e}");
+                        crate::guest_log!(
+                            warn,
+                            "vsock-watch",
+                            "vsock: cannot watch a host connection: {e}"
+                        );
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    tracing::warn!("vsock: accept on {}: {e}", self.uds.display());
+                    crate::guest_log!(
+                        warn,
+                        "vsock-accept",
+                        "vsock: accept on {}: {e}",
+                        self.uds.display()
+                    );
                     return;
                 }
             }
@@ -358,7 +367,13 @@ impl Vsock {
         let stream = match connect_nonblocking(&path) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!("vsock: guest port {} to host port {}: {e}", key.1, key.0);
+                crate::guest_log!(
+                    debug,
+                    "vsock-connect",
+                    "vsock: guest port {} to host port {}: {e}",
+                    key.1,
+                    key.0
+                );
                 self.push_control(key, op::RST, 0);
                 return;
             }
@@ -376,7 +391,11 @@ impl Vsock {
     /// One packet from the guest. Nothing in it is trusted.
     fn guest_packet(&mut self, hdr: Header, payload: &[u8]) {
         if hdr.src_cid != self.cid || hdr.dst_cid != HOST_CID || hdr.type_ != TYPE_STREAM {
-            tracing::debug!("vsock: dropped a packet with bad addressing or type: {hdr:?}");
+            crate::guest_log!(
+                debug,
+                "vsock-bad-packet",
+                "vsock: dropped a packet with bad addressing or type: {hdr:?}"
+            );
             return;
         }
         let key = (hdr.dst_port, hdr.src_port);
@@ -404,7 +423,12 @@ impl Vsock {
             op::RW if c.state == State::Established => match c.take_from_guest(payload) {
                 GuestData::Accepted => self.flushed(key),
                 GuestData::OverCredit => {
-                    tracing::debug!("vsock: guest port {} sent beyond its credit", key.1);
+                    crate::guest_log!(
+                        debug,
+                        "vsock-credit",
+                        "vsock: guest port {} sent beyond its credit",
+                        key.1
+                    );
                     self.close(key, true);
                 }
                 GuestData::HostGone => self.close(key, true),
@@ -563,7 +587,13 @@ impl VirtioDevice for Vsock {
                 irq = drain_queue(tx, mem, |chain| {
                     match packet::read_tx(chain, mem) {
                         Ok((hdr, payload)) => self.guest_packet(hdr, &payload),
-                        Err(e) => tracing::debug!("vsock: dropped a malformed packet: {e}"),
+                        Err(e) => {
+                            crate::guest_log!(
+                                debug,
+                                "vsock-malformed",
+                                "vsock: dropped a malformed packet: {e}"
+                            )
+                        }
                     }
                     0
                 });

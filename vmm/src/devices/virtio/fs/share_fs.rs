@@ -1,0 +1,644 @@
+//! One share as the Vfs sees it: the library's `PassthroughFs`, behind a
+//! layer that enforces what the share promises.
+//!
+//! Every decision here is taken on the arguments the FUSE server has
+//! already parsed out of the request (a copy in helper memory), never on
+//! bytes still in guest memory: a vCPU can rewrite the request while the
+//! device thread serves it, so a check on guest memory followed by a second
+//! parse is no check at all.
+//!
+//! - Read-only: every operation that could change the host file system
+//!   answers EROFS (the list is the whole `FileSystem` trait, gone through
+//!   one by one; anything not plainly read-only is refused).
+//! - Owner mapping: the share reports one uid/gid as the owner of every
+//!   file (the session's user in the guest, so the guest kernel's
+//!   `default_permissions` checks pass for it), and the library serves
+//!   every request as the helper itself (context uid/gid 0 means "do not
+//!   switch credentials" to `PassthroughFs`, which an unprivileged helper
+//!   could not do anyway).
+//! - Opening anything but a regular file or a directory is refused
+//!   (ENXIO): a FIFO's open(2) blocks until a writer comes, which would
+//!   stall the device, and a device node would hand the guest a host
+//!   device.
+
+use std::any::Any;
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::CreateIn;
+use fuse_backend_rs::abi::virtio_fs::RemovemappingOne;
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, IoctlData,
+    ListxattrReply, OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use fuse_backend_rs::api::BackendFileSystem;
+use fuse_backend_rs::passthrough::PassthroughFs;
+use fuse_backend_rs::transport::FsCacheReqHandler;
+use libc::{stat64, statvfs64};
+
+/// What a share promises the host, whatever the guest sends.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// Nothing in the share may change.
+    pub read_only: bool,
+    /// `Some((uid, gid))`: every file shows this owner, and requests are
+    /// served as the helper.
+    pub owner: Option<(u32, u32)>,
+}
+
+pub struct ShareFs {
+    inner: PassthroughFs<()>,
+    policy: Policy,
+}
+
+fn err(errno: i32) -> io::Error {
+    io::Error::from_raw_os_error(errno)
+}
+
+impl ShareFs {
+    pub fn new(inner: PassthroughFs<()>, policy: Policy) -> ShareFs {
+        ShareFs { inner, policy }
+    }
+
+    /// EROFS on a read-only share.
+    fn writable(&self) -> io::Result<()> {
+        if self.policy.read_only {
+            Err(err(libc::EROFS))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The identity the library serves the request as.
+    fn ctx(&self, ctx: &Context) -> Context {
+        match self.policy.owner {
+            // uid/gid 0: `PassthroughFs` keeps the thread's own
+            // credentials (it only switches for non-zero ids).
+            Some(_) => Context {
+                uid: 0,
+                gid: 0,
+                pid: ctx.pid,
+            },
+            None => *ctx,
+        }
+    }
+
+    /// Shows the mapped owner in attributes.
+    fn show(&self, mut st: stat64) -> stat64 {
+        if let Some((uid, gid)) = self.policy.owner {
+            st.st_uid = uid;
+            st.st_gid = gid;
+        }
+        st
+    }
+
+    fn show_entry(&self, mut e: Entry) -> Entry {
+        e.attr = self.show(e.attr);
+        e
+    }
+
+    /// Refuses opening what could block or reach a host device. An
+    /// inode's type never changes, so asking for it first is no race.
+    fn openable(&self, ctx: &Context, inode: u64) -> io::Result<()> {
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFDIR => Ok(()),
+            _ => Err(err(libc::ENXIO)),
+        }
+    }
+}
+
+/// Whether open(2) flags ask for anything but reading.
+fn open_writes(flags: u32) -> bool {
+    let flags = flags as i32;
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl BackendFileSystem for ShareFs {
+    fn mount(&self) -> io::Result<(Entry, u64)> {
+        let (e, max) = self.inner.mount()?;
+        Ok((self.show_entry(e), max))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+// The trait's own signatures.
+#[allow(clippy::too_many_arguments)]
+impl FileSystem for ShareFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        self.inner.init(capable)
+    }
+
+    fn destroy(&self) {
+        self.inner.destroy()
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        self.inner
+            .lookup(&self.ctx(ctx), parent, name)
+            .map(|e| self.show_entry(e))
+    }
+
+    fn forget(&self, ctx: &Context, inode: u64, count: u64) {
+        self.inner.forget(&self.ctx(ctx), inode, count)
+    }
+
+    fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        self.inner.batch_forget(&self.ctx(ctx), requests)
+    }
+
+    fn getattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        self.inner
+            .getattr(&self.ctx(ctx), inode, handle)
+            .map(|(st, t)| (self.show(st), t))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        mut valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        self.writable()?;
+        if let Some((uid, gid)) = self.policy.owner {
+            // The mapped owner is all the guest can see or be: chown to
+            // it is a no-op, to anyone else refused.
+            if valid.contains(SetattrValid::UID) {
+                if attr.st_uid != uid {
+                    return Err(err(libc::EPERM));
+                }
+                valid.remove(SetattrValid::UID);
+            }
+            if valid.contains(SetattrValid::GID) {
+                if attr.st_gid != gid {
+                    return Err(err(libc::EPERM));
+                }
+                valid.remove(SetattrValid::GID);
+            }
+        }
+        self.inner
+            .setattr(&self.ctx(ctx), inode, attr, handle, valid)
+            .map(|(st, t)| (self.show(st), t))
+    }
+
+    fn readlink(&self, ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.inner.readlink(&self.ctx(ctx), inode)
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner
+            .symlink(&self.ctx(ctx), linkname, parent, name)
+            .map(|e| self.show_entry(e))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        // A device node made by a root helper would be a host device.
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
+            return Err(err(libc::EPERM));
+        }
+        self.inner
+            .mknod(&self.ctx(ctx), inode, name, mode, rdev, umask)
+            .map(|e| self.show_entry(e))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner
+            .mkdir(&self.ctx(ctx), parent, name, mode, umask)
+            .map(|e| self.show_entry(e))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.unlink(&self.ctx(ctx), parent, name)
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.rmdir(&self.ctx(ctx), parent, name)
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        // Both ends are in this share: the Vfs refuses a rename across
+        // file systems before it gets here.
+        self.writable()?;
+        self.inner
+            .rename(&self.ctx(ctx), olddir, oldname, newdir, newname, flags)
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        self.writable()?;
+        self.inner
+            .link(&self.ctx(ctx), inode, newparent, newname)
+            .map(|e| self.show_entry(e))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        if open_writes(flags) {
+            self.writable()?;
+        }
+        let ctx = self.ctx(ctx);
+        self.openable(&ctx, inode)?;
+        self.inner.open(&ctx, inode, flags, fuse_flags)
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        self.writable()?;
+        self.inner
+            .create(&self.ctx(ctx), parent, name, args)
+            .map(|(e, h, o, p)| (self.show_entry(e), h, o, p))
+    }
+
+    fn read(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        flags: u32,
+    ) -> io::Result<usize> {
+        self.inner.read(
+            &self.ctx(ctx),
+            inode,
+            handle,
+            w,
+            size,
+            offset,
+            lock_owner,
+            flags,
+        )
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        lock_owner: Option<u64>,
+        delayed_write: bool,
+        flags: u32,
+        fuse_flags: u32,
+    ) -> io::Result<usize> {
+        self.writable()?;
+        self.inner.write(
+            &self.ctx(ctx),
+            inode,
+            handle,
+            r,
+            size,
+            offset,
+            lock_owner,
+            delayed_write,
+            flags,
+            fuse_flags,
+        )
+    }
+
+    fn flush(&self, ctx: &Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
+        self.inner.flush(&self.ctx(ctx), inode, handle, lock_owner)
+    }
+
+    fn fsync(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        // Writes nothing the share has not already written.
+        self.inner.fsync(&self.ctx(ctx), inode, datasync, handle)
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .fallocate(&self.ctx(ctx), inode, handle, mode, offset, length)
+    }
+
+    fn release(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        handle: u64,
+        flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        self.inner.release(
+            &self.ctx(ctx),
+            inode,
+            flags,
+            handle,
+            flush,
+            flock_release,
+            lock_owner,
+        )
+    }
+
+    fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let mut st = self.inner.statfs(&self.ctx(ctx), inode)?;
+        if self.policy.read_only {
+            st.f_flag |= libc::ST_RDONLY;
+        }
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        self.writable()?;
+        self.inner
+            .setxattr(&self.ctx(ctx), inode, name, value, flags)
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        self.inner.getxattr(&self.ctx(ctx), inode, name, size)
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.inner.listxattr(&self.ctx(ctx), inode, size)
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        self.writable()?;
+        self.inner.removexattr(&self.ctx(ctx), inode, name)
+    }
+
+    fn opendir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        if open_writes(flags) {
+            self.writable()?;
+        }
+        self.inner.opendir(&self.ctx(ctx), inode, flags)
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.inner
+            .readdir(&self.ctx(ctx), inode, handle, size, offset, add_entry)
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut shown = |d: DirEntry, e: Entry| add_entry(d, self.show_entry(e));
+        self.inner
+            .readdirplus(&self.ctx(ctx), inode, handle, size, offset, &mut shown)
+    }
+
+    fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
+        self.inner.fsyncdir(&self.ctx(ctx), inode, datasync, handle)
+    }
+
+    fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
+        self.inner.releasedir(&self.ctx(ctx), inode, flags, handle)
+    }
+
+    fn setupmapping(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        foffset: u64,
+        len: u64,
+        flags: u64,
+        moffset: u64,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        // A DAX mapping could be writable; the device has no cache window
+        // today, so a read-only share simply has none.
+        self.writable()?;
+        self.inner.setupmapping(
+            &self.ctx(ctx),
+            inode,
+            handle,
+            foffset,
+            len,
+            flags,
+            moffset,
+            vu_req,
+        )
+    }
+
+    fn removemapping(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        requests: Vec<RemovemappingOne>,
+        vu_req: &mut dyn FsCacheReqHandler,
+    ) -> io::Result<()> {
+        self.inner
+            .removemapping(&self.ctx(ctx), inode, requests, vu_req)
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        if mask & libc::W_OK as u32 != 0 {
+            self.writable()?;
+        }
+        self.inner.access(&self.ctx(ctx), inode, mask)
+    }
+
+    fn lseek(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        self.inner
+            .lseek(&self.ctx(ctx), inode, handle, offset, whence)
+    }
+
+    fn getlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<FileLock> {
+        self.inner
+            .getlk(&self.ctx(ctx), inode, handle, owner, lock, flags)
+    }
+
+    fn setlk(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        // The library has no locks (ENOSYS: the guest kernel keeps them
+        // locally); nothing to refuse on a read-only share.
+        self.inner
+            .setlk(&self.ctx(ctx), inode, handle, owner, lock, flags)
+    }
+
+    fn setlkw(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        self.inner
+            .setlkw(&self.ctx(ctx), inode, handle, owner, lock, flags)
+    }
+
+    fn ioctl(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        flags: u32,
+        cmd: u32,
+        data: IoctlData,
+        out_size: u32,
+    ) -> io::Result<IoctlData<'_>> {
+        // An ioctl can do anything (FS_IOC_SETFLAGS, ...).
+        self.writable()?;
+        self.inner
+            .ioctl(&self.ctx(ctx), inode, handle, flags, cmd, data, out_size)
+    }
+
+    fn bmap(&self, ctx: &Context, inode: u64, block: u64, blocksize: u32) -> io::Result<u64> {
+        self.inner.bmap(&self.ctx(ctx), inode, block, blocksize)
+    }
+
+    fn poll(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        khandle: u64,
+        flags: u32,
+        events: u32,
+    ) -> io::Result<u32> {
+        self.inner
+            .poll(&self.ctx(ctx), inode, handle, khandle, flags, events)
+    }
+
+    fn notify_reply(&self) -> io::Result<()> {
+        self.inner.notify_reply()
+    }
+
+    fn id_remap(&self, ctx: &mut Context) -> io::Result<()> {
+        self.inner.id_remap(ctx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_writes;
+
+    #[test]
+    fn open_flags_that_write() {
+        assert!(!open_writes(libc::O_RDONLY as u32));
+        assert!(!open_writes((libc::O_RDONLY | libc::O_NONBLOCK) as u32));
+        assert!(open_writes(libc::O_WRONLY as u32));
+        assert!(open_writes(libc::O_RDWR as u32));
+        assert!(open_writes(libc::O_ACCMODE as u32), "the invalid mode 3");
+        assert!(open_writes((libc::O_RDONLY | libc::O_TRUNC) as u32));
+    }
+}
