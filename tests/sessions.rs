@@ -131,10 +131,41 @@ fn signals_by_name_and_number() {
         assert_eq!(o.exit["signal"], name, "{o:?}");
         assert!(o.exit.get("exitCode").is_none());
     }
+}
+
+/// Both reference peers answer these for an id that is not running (never
+/// spawned, or already ended) with success and do nothing: the client sends
+/// them racing a process's exit.
+#[test]
+fn requests_for_unknown_or_ended_processes_succeed_and_do_nothing() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    p.ok("spawn", sh("done", "exit 3"));
+    assert_eq!(ev.until_exit("done").exit["exitCode"], 3);
+    let empty = json!({});
+    for id in ["done", "ghost"] {
+        assert_eq!(p.ok("kill", json!({"id": id, "signal": "SIGKILL"})), empty);
+        assert_eq!(p.ok("kill", json!({"id": id})), empty);
+        assert_eq!(p.ok("writeStdin", json!({"id": id, "data": "x\n"})), empty);
+        assert_eq!(
+            p.ok("sendGuestResponse", json!({"id": id, "error": "nope"})),
+            empty
+        );
+    }
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "ghost"})),
+        json!({"running": false})
+    );
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "done"})),
+        json!({"running": false, "exitCode": 3})
+    );
+    // Bad params are still errors, not silently accepted.
     assert!(p
-        .err("kill", json!({"id": "k1", "signal": "SIGKILL"}))
-        .contains("not running"));
-    assert!(p.err("kill", json!({"id": "ghost"})).contains("no process"));
+        .err("kill", json!({"id": "ghost", "signal": "SIGNOPE"}))
+        .contains("signal"));
+    assert!(p.err("writeStdin", json!({"id": "ghost"})).contains("data"));
 }
 
 #[test]
