@@ -388,3 +388,34 @@ fn forced_bwrap_without_bwrap_fails_start_with_the_fix() {
     assert_eq!(p.ok("isRunning", json!({})), json!({"running": false}));
     assert!(p.err("spawn", sh("x", "true")).contains("unavailable"));
 }
+
+/// In the sandbox the agent command runs the installed SDK from its real
+/// path, which is bound read-only, and finds itself first on PATH.
+#[test]
+fn the_agent_command_runs_the_installed_sdk_read_only() {
+    if !bwrap_usable("the_agent_command_runs_the_installed_sdk_read_only") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let e = p.err("spawn", agent_spawn("a0", "s1", &["-p", "hi"]));
+    assert!(e.contains("call installSdk"), "{e}");
+    let bin = fake_claude(&h, ".local/share/claude-sdk", "2.1.328");
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": ".local/share/claude-sdk", "version": "2.1.328"}),
+    );
+    p.ok(
+        "spawn",
+        agent_spawn("a1", "s1", &["--output-format", "stream-json"]),
+    );
+    let o = ev.until_exit("a1");
+    let bin = bin.display();
+    assert_eq!(
+        o.stdout,
+        format!("0={bin}\narg=--output-format\narg=stream-json\npath={bin}\nsdk=ro\n"),
+        "{o:?}"
+    );
+    assert_eq!(o.exit["exitCode"], 0);
+}

@@ -514,3 +514,35 @@ fn working_folder_is_the_first_plain_mount_in_the_clients_order() {
         format!("{}/zeta\n", h.home.display())
     );
 }
+
+/// The app spawns the agent as `/usr/local/bin/claude`; the host runs the
+/// binary installSdk named, and refuses (saying what to do) before that.
+#[test]
+fn the_agent_command_runs_the_installed_sdk() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let e = p.err("spawn", agent_spawn("a0", "s1", &["-p", "hi"]));
+    assert!(e.contains("call installSdk"), "{e}");
+    let bin = fake_claude(&h, ".local/share/claude-sdk", "2.1.328");
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": ".local/share/claude-sdk", "version": "2.1.328"}),
+    );
+    for (id, command) in [("a1", "/usr/local/bin/claude"), ("a2", "claude")] {
+        let mut req = agent_spawn(id, "s1", &["-p", "two words"]);
+        req["command"] = json!(command);
+        p.ok("spawn", req);
+        let o = ev.until_exit(id);
+        let bin = bin.display();
+        assert_eq!(
+            o.stdout,
+            format!("0={bin}\narg=-p\narg=two words\npath={bin}\nsdk=rw\n"),
+            "{o:?}"
+        );
+        assert_eq!(o.exit["exitCode"], 0);
+    }
+    // Other commands are untouched.
+    p.ok("spawn", spawn_params("o", "s1", "/bin/echo", &["plain"]));
+    assert_eq!(ev.until_exit("o").stdout, "plain\n");
+}
