@@ -401,7 +401,7 @@ fn the_agent_command_runs_the_installed_sdk_read_only() {
     let p = h.started();
     let e = p.err("spawn", agent_spawn("a0", "s1", &["-p", "hi"]));
     assert!(e.contains("call installSdk"), "{e}");
-    let bin = fake_claude(&h, ".local/share/claude-sdk", "2.1.328");
+    let bin = fake_claude(&h.home, ".local/share/claude-sdk", "2.1.328");
     p.ok(
         "installSdk",
         json!({"sdkSubpath": ".local/share/claude-sdk", "version": "2.1.328"}),
@@ -414,7 +414,7 @@ fn the_agent_command_runs_the_installed_sdk_read_only() {
     let bin = bin.display();
     assert_eq!(
         o.stdout,
-        format!("0={bin}\narg=--output-format\narg=stream-json\npath={bin}\nsdk=ro\n"),
+        format!("0={bin}\narg=--output-format\narg=stream-json\npath={bin}\nsdk=ro\nenv=unset\n"),
         "{o:?}"
     );
     assert_eq!(o.exit["exitCode"], 0);
