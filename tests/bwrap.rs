@@ -419,3 +419,41 @@ fn the_agent_command_runs_the_installed_sdk_read_only() {
     );
     assert_eq!(o.exit["exitCode"], 0);
 }
+
+/// The plugin mounts in the sandbox, with the modes the app gives them;
+/// the working folder is the user's, not a plugin or file-drop mount.
+#[test]
+fn plugin_mounts_keep_their_modes_and_are_not_the_working_folder() {
+    if !bwrap_usable("plugin_mounts_keep_their_modes_and_are_not_the_working_folder") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let _p = h.started();
+    for d in ["lib", "req", "resp", "up", "out", "proj"] {
+        h.mkdir(&format!("plug/{d}"));
+    }
+    std::fs::write(h.home.join("plug/lib/tool.sh"), "lib\n").unwrap();
+    let script = "pwd; m=/sessions/s1/mnt; cat $m/.cowork-lib/tool.sh; \
+        for d in .cowork-lib .cowork-perm-req .cowork-perm-resp outputs; do \
+        if touch $m/$d/x 2>/dev/null; then echo $d=rw; else echo $d=ro; fi; done";
+    // Raw JSON: a map built in the test would sort the keys.
+    let body = format!(
+        r#"{{"method":"spawn","id":1,"params":{{"id":"w","name":"s1","command":"/bin/sh",
+        "args":["-c",{}],"cwd":"/sessions/s1","additionalMounts":{{
+        "outputs":{{"path":"plug/out","mode":"rw"}},"uploads":{{"path":"plug/up","mode":"rw"}},
+        ".cowork-lib":{{"path":"plug/lib","mode":"ro"}},".cowork-perm-req":{{"path":"plug/req","mode":"rw"}},
+        ".cowork-perm-resp":{{"path":"plug/resp","mode":"ro"}},"proj":{{"path":"plug/proj","mode":"rw"}}}}}}}}"#,
+        serde_json::Value::String(script.into())
+    );
+    let mut c = h.conn();
+    c.send_body(body.as_bytes());
+    let r = c.recv().unwrap();
+    assert_eq!(r["success"], true, "{r}");
+    let o = ev.until_exit("w");
+    assert_eq!(
+        o.stdout,
+        "/sessions/s1/mnt/proj\nlib\n.cowork-lib=ro\n.cowork-perm-req=rw\n.cowork-perm-resp=ro\noutputs=rw\n",
+        "{o:?}"
+    );
+}

@@ -515,6 +515,40 @@ fn working_folder_is_the_first_plain_mount_in_the_clients_order() {
     );
 }
 
+/// With plugins configured the app adds `.cowork-lib` (ro),
+/// `.cowork-perm-req` (rw) and `.cowork-perm-resp` (ro), and `uploads` and
+/// `outputs`: all shared, none the working folder, with or without a cwd.
+#[test]
+fn plugin_and_file_drop_mounts_are_never_the_working_folder() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let _p = h.started();
+    for d in ["lib", "req", "resp", "up", "out", "proj"] {
+        h.mkdir(&format!("plug/{d}"));
+    }
+    let mounts = r#"{"outputs":{"path":"plug/out","mode":"rw"},"uploads":{"path":"plug/up","mode":"rw"},
+        ".cowork-lib":{"path":"plug/lib","mode":"ro"},".cowork-perm-req":{"path":"plug/req","mode":"rw"},
+        ".cowork-perm-resp":{"path":"plug/resp","mode":"ro"},"proj":{"path":"plug/proj","mode":"rw"}}"#;
+    for (id, cwd) in [("w1", r#","cwd":"/sessions/s1""#), ("w2", "")] {
+        // Raw JSON: a map built in the test would sort the keys.
+        let body = format!(
+            r#"{{"method":"spawn","id":1,"params":{{"id":"{id}","name":"s1","command":"/bin/pwd"{cwd},
+            "additionalMounts":{mounts}}}}}"#
+        );
+        let mut c = h.conn();
+        c.send_body(body.as_bytes());
+        let r = c.recv().unwrap();
+        assert_eq!(r["success"], true, "{r}");
+        assert!(r["result"].get("failedMounts").is_none(), "{r}");
+        let o = ev.until_exit(id);
+        assert_eq!(
+            o.stdout,
+            format!("{}/plug/proj\n", h.home.display()),
+            "{o:?}"
+        );
+    }
+}
+
 /// The app spawns the agent as `/usr/local/bin/claude`; the host runs the
 /// binary installSdk named, and refuses (saying what to do) before that.
 #[test]
