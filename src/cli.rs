@@ -87,6 +87,15 @@ pub struct RunArgs {
     /// Session name [default: run-<pid>].
     #[arg(long)]
     pub name: Option<String>,
+    /// Install DIR as the Claude Code SDK (installSdk with DIR's parent and
+    /// its last component as the version): DIR must hold `claude`, which a
+    /// command named `claude` then runs.
+    #[arg(long, value_name = "DIR")]
+    pub sdk: Option<PathBuf>,
+    /// Set KEY=VALUE in the session's environment (repeatable), passed in
+    /// spawn's `env` as the app passes it.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
@@ -254,5 +263,16 @@ mod tests {
             panic!()
         };
         assert_eq!(r.command, ["ls", "-la"]);
+        let run = Cli::try_parse_from([
+            "h", "run", "--sdk", "/s/2.1", "--env", "A=1", "--env", "B=x=y", "--", "claude", "-p",
+            "hi",
+        ])
+        .unwrap();
+        let Command::Run(r) = run.command else {
+            panic!()
+        };
+        assert_eq!(r.sdk.as_deref(), Some(std::path::Path::new("/s/2.1")));
+        assert_eq!(r.env, ["A=1", "B=x=y"]);
+        assert_eq!(r.command, ["claude", "-p", "hi"]);
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cowork_backend::signal::parse_signal;
-use cowork_backend::{Backend, EventBus};
+use cowork_backend::{Backend, BackendError, EventBus};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -102,6 +102,20 @@ fn empty() -> Result<Value, String> {
     Ok(json!({}))
 }
 
+/// `kill` and `writeStdin` for a process that is unknown or already ended
+/// succeed and do nothing, as both reference peers answer: the client sends
+/// them racing the process's exit and treats an error as a failed turn.
+fn gone_is_done(r: cowork_backend::Result<()>) -> Result<(), String> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(BackendError::NoSuchProcess(id) | BackendError::ProcessNotRunning(id)) => {
+            tracing::debug!(process = %id, "request for a process that is not running: ignored");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Runs one request. `subscribeEvents` is the connection's business and
 /// never reaches here.
 pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, String> {
@@ -117,11 +131,14 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
             empty()
         }
         "startVM" => {
-            b.start(params(method, p)?).await.map_err(err)?;
+            let req = params(method, p)?;
+            h.bus.start_began();
+            b.start(req).await.map_err(err)?;
             empty()
         }
         "stopVM" => {
             b.stop().await.map_err(err)?;
+            h.bus.forget_state();
             empty()
         }
         "isRunning" => Ok(json!({"running": b.is_running()})),
@@ -130,12 +147,12 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
         "kill" => {
             let k: Kill = params(method, p)?;
             let sig = parse_signal(k.signal.as_ref()).map_err(err)?;
-            b.kill(&k.id, sig).await.map_err(err)?;
+            gone_is_done(b.kill(&k.id, sig).await)?;
             empty()
         }
         "writeStdin" => {
             let w: WriteStdin = params(method, p)?;
-            b.write_stdin(&w.id, w.data, w.eof).await.map_err(err)?;
+            gone_is_done(b.write_stdin(&w.id, w.data, w.eof).await)?;
             empty()
         }
         "isProcessRunning" => {
@@ -144,9 +161,7 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
                 Ok(st) => to_value(st),
                 // Retried by the client: an id it never spawned is simply
                 // not running.
-                Err(cowork_backend::BackendError::NoSuchProcess(_)) => {
-                    Ok(json!({"running": false}))
-                }
+                Err(BackendError::NoSuchProcess(_)) => Ok(json!({"running": false})),
                 Err(e) => Err(e.to_string()),
             }
         }
@@ -204,10 +219,12 @@ pub async fn dispatch(h: &Helper, method: &str, p: Value) -> Result<Value, Strin
                     ))
                 }
             };
-            b.send_guest_response(&id, g.result_json, g.error)
-                .await
-                .map_err(err)?;
-            empty()
+            match b.send_guest_response(&id, g.result_json, g.error).await {
+                // As both reference peers answer: the request may have been
+                // answered or abandoned already; nothing is left to do.
+                Ok(()) | Err(BackendError::NoPendingRequest(_)) => empty(),
+                Err(e) => Err(e.to_string()),
+            }
         }
         "setDebugLogging" => {
             let Debug { enabled } = params(method, p)?;

@@ -42,6 +42,42 @@ fn parse_mount(spec: &str) -> Result<MountArg> {
     Ok(MountArg { name, path, ro })
 }
 
+/// `--env KEY=VALUE`s as spawn's `env` object.
+fn env_block(specs: &[String]) -> Result<Map<String, Value>> {
+    let mut env = Map::new();
+    for spec in specs {
+        match spec.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                env.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            _ => bail!("--env {spec}: expected KEY=VALUE"),
+        }
+    }
+    Ok(env)
+}
+
+/// `--sdk DIR` as installSdk's params: DIR's parent (root-relative, as the
+/// app sends paths, when inside the home; absolute otherwise) and its last
+/// component as the version.
+fn sdk_params(dir: &Path, home: &Path) -> Result<Value> {
+    let shown = dir.display();
+    let dir =
+        std::fs::canonicalize(dir).with_context(|| format!("--sdk {shown}: cannot resolve it"))?;
+    if !dir.join("claude").is_file() {
+        bail!("--sdk {shown}: {} holds no `claude` binary", dir.display());
+    }
+    let (Some(parent), Some(version)) = (dir.parent(), dir.file_name()) else {
+        bail!("--sdk {shown}: give the version folder that holds `claude`");
+    };
+    let home = home.canonicalize().unwrap_or_else(|_| home.to_path_buf());
+    let subpath = if parent.starts_with(&home) {
+        parent.strip_prefix("/").unwrap_or(parent).to_path_buf()
+    } else {
+        parent.to_path_buf()
+    };
+    Ok(json!({"sdkSubpath": subpath.to_string_lossy(), "version": version.to_string_lossy()}))
+}
+
 fn mounts(args: &RunArgs, home: &Path) -> Result<Vec<MountArg>> {
     if !args.mounts.is_empty() {
         return args.mounts.iter().map(|m| parse_mount(m)).collect();
@@ -70,6 +106,13 @@ pub fn main(args: RunArgs) -> Result<i32> {
 async fn run(args: RunArgs) -> Result<i32> {
     let settings = Settings::load();
     let mounts = mounts(&args, &settings.home)?;
+    // Checked before any helper starts, so a typo fails at once.
+    let sdk = args
+        .sdk
+        .as_deref()
+        .map(|d| sdk_params(d, &settings.home))
+        .transpose()?;
+    let env = env_block(&args.env)?;
     // In-process helper on a private socket, unless told to use a running one.
     let mut private_dir = None;
     let socket = match &args.socket {
@@ -88,7 +131,8 @@ async fn run(args: RunArgs) -> Result<i32> {
             path
         }
     };
-    let result = session(&args, &socket, &mounts, private_dir.is_some()).await;
+    let extra = Extra { sdk, env };
+    let result = session(&args, &socket, &mounts, &extra, private_dir.is_some()).await;
     if let Some(dir) = private_dir {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -109,10 +153,17 @@ fn tempdir_private() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// What `--sdk` and `--env` add to the session, already checked.
+struct Extra {
+    sdk: Option<Value>,
+    env: Map<String, Value>,
+}
+
 async fn session(
     args: &RunArgs,
     socket: &Path,
     mounts: &[MountArg],
+    extra: &Extra,
     owns_helper: bool,
 ) -> Result<i32> {
     let name = args
@@ -131,6 +182,12 @@ async fn session(
         .call("startVM", json!({}))
         .await
         .context("startVM failed")?;
+    if let Some(sdk) = &extra.sdk {
+        client
+            .call("installSdk", sdk.clone())
+            .await
+            .context("installSdk failed")?;
+    }
 
     let mut additional = Map::new();
     for m in mounts {
@@ -150,6 +207,9 @@ async fn session(
     });
     if let Some(first) = mounts.first() {
         spawn["cwd"] = json!(format!("/sessions/{name}/mnt/{}", first.name));
+    }
+    if !extra.env.is_empty() {
+        spawn["env"] = Value::Object(extra.env.clone());
     }
     if !args.allow_domains.is_empty() {
         spawn["allowedDomains"] = json!(args.allow_domains);

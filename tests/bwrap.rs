@@ -388,3 +388,72 @@ fn forced_bwrap_without_bwrap_fails_start_with_the_fix() {
     assert_eq!(p.ok("isRunning", json!({})), json!({"running": false}));
     assert!(p.err("spawn", sh("x", "true")).contains("unavailable"));
 }
+
+/// In the sandbox the agent command runs the installed SDK from its real
+/// path, which is bound read-only, and finds itself first on PATH.
+#[test]
+fn the_agent_command_runs_the_installed_sdk_read_only() {
+    if !bwrap_usable("the_agent_command_runs_the_installed_sdk_read_only") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let e = p.err("spawn", agent_spawn("a0", "s1", &["-p", "hi"]));
+    assert!(e.contains("call installSdk"), "{e}");
+    let bin = fake_claude(&h.home, ".local/share/claude-sdk", "2.1.328");
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": ".local/share/claude-sdk", "version": "2.1.328"}),
+    );
+    p.ok(
+        "spawn",
+        agent_spawn("a1", "s1", &["--output-format", "stream-json"]),
+    );
+    let o = ev.until_exit("a1");
+    let bin = bin.display();
+    assert_eq!(
+        o.stdout,
+        format!("0={bin}\narg=--output-format\narg=stream-json\npath={bin}\nsdk=ro\nenv=unset\n"),
+        "{o:?}"
+    );
+    assert_eq!(o.exit["exitCode"], 0);
+}
+
+/// The plugin mounts in the sandbox, with the modes the app gives them;
+/// the working folder is the user's, not a plugin or file-drop mount.
+#[test]
+fn plugin_mounts_keep_their_modes_and_are_not_the_working_folder() {
+    if !bwrap_usable("plugin_mounts_keep_their_modes_and_are_not_the_working_folder") {
+        return;
+    }
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let _p = h.started();
+    for d in ["lib", "req", "resp", "up", "out", "proj"] {
+        h.mkdir(&format!("plug/{d}"));
+    }
+    std::fs::write(h.home.join("plug/lib/tool.sh"), "lib\n").unwrap();
+    let script = "pwd; m=/sessions/s1/mnt; cat $m/.cowork-lib/tool.sh; \
+        for d in .cowork-lib .cowork-perm-req .cowork-perm-resp outputs; do \
+        if touch $m/$d/x 2>/dev/null; then echo $d=rw; else echo $d=ro; fi; done";
+    // Raw JSON: a map built in the test would sort the keys.
+    let body = format!(
+        r#"{{"method":"spawn","id":1,"params":{{"id":"w","name":"s1","command":"/bin/sh",
+        "args":["-c",{}],"cwd":"/sessions/s1","additionalMounts":{{
+        "outputs":{{"path":"plug/out","mode":"rw"}},"uploads":{{"path":"plug/up","mode":"rw"}},
+        ".cowork-lib":{{"path":"plug/lib","mode":"ro"}},".cowork-perm-req":{{"path":"plug/req","mode":"rw"}},
+        ".cowork-perm-resp":{{"path":"plug/resp","mode":"ro"}},"proj":{{"path":"plug/proj","mode":"rw"}}}}}}}}"#,
+        serde_json::Value::String(script.into())
+    );
+    let mut c = h.conn();
+    c.send_body(body.as_bytes());
+    let r = c.recv().unwrap();
+    assert_eq!(r["success"], true, "{r}");
+    let o = ev.until_exit("w");
+    assert_eq!(
+        o.stdout,
+        "/sessions/s1/mnt/proj\nlib\n.cowork-lib=ro\n.cowork-perm-req=rw\n.cowork-perm-resp=ro\noutputs=rw\n",
+        "{o:?}"
+    );
+}

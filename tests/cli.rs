@@ -208,3 +208,49 @@ fn bench_quick_profile_writes_json() {
     let svg = std::fs::read_to_string(&svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("spawn→exit"));
 }
+
+/// `run --sdk DIR -- claude ...` installs DIR as the SDK and runs it for the
+/// agent command; `--env` reaches the session's environment.
+#[test]
+fn run_installs_an_sdk_and_passes_env() {
+    let (t, home) = tmp_home();
+    let here = home.join("here");
+    std::fs::create_dir_all(&here).unwrap();
+    let bin = fake_claude(&home, ".local/share/claude-sdk", "2.1.328");
+    let out = command(t.path())
+        .current_dir(&here)
+        .args(["run", "--backend", "host", "--sdk"])
+        .arg(bin.parent().unwrap())
+        .args(["--env", "FAKE_ENV=a=b", "--", "claude", "-p", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let bin = bin.display();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("0={bin}\narg=-p\narg=hi\npath={bin}\nsdk=rw\nenv=a=b\n")
+    );
+    // A folder without `claude`, and a malformed --env, fail before anything runs.
+    let out = command(t.path())
+        .current_dir(&here)
+        .args(["run", "--backend", "host", "--sdk"])
+        .arg(&here)
+        .args(["--", "claude"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no `claude`"),
+        "{out:?}"
+    );
+    let out = command(t.path())
+        .current_dir(&here)
+        .args(["run", "--env", "NOEQUALS", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected KEY=VALUE"),
+        "{out:?}"
+    );
+}

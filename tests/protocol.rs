@@ -93,9 +93,11 @@ fn every_method_answers_with_the_documented_shape() {
     for k in ["prunedSessions", "skippedSessions", "freedBytes", "errors"] {
         assert!(pr.get(k).is_some(), "{k} missing from {pr}");
     }
-    assert!(p
-        .err("sendGuestResponse", json!({"id": "g1", "resultJson": "{}"}))
-        .contains("no pending guest request"));
+    // No pending request with that id: success, as both reference peers.
+    assert_eq!(
+        p.ok("sendGuestResponse", json!({"id": "g1", "resultJson": "{}"})),
+        empty
+    );
     let sdk = h.mkdir(".sdk/1.2.3");
     std::fs::write(sdk.join("claude"), "#!/bin/sh\necho sdk\n").unwrap();
     std::fs::set_permissions(sdk.join("claude"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -157,11 +159,90 @@ fn network_status_follows_the_environment() {
         ev.next(),
         json!({"type": "networkStatus", "status": "connected"})
     );
+    // No apiProbeURL: nothing to probe, but the app waits for an answer.
+    assert_eq!(
+        ev.next(),
+        json!({"type": "apiReachability", "status": "unknown"})
+    );
     p.ok("stopVM", json!({}));
     assert_eq!(
         ev.next(),
         json!({"type": "networkStatus", "status": "disconnected"})
     );
+}
+
+/// The app sends `startVM` and `subscribeEvents` at the same moment on two
+/// connections; a subscription that lands after the start still hears how
+/// it went, before any live event.
+#[test]
+fn a_late_subscriber_gets_the_start_state_replayed() {
+    let h = Helper::start();
+    let p = h.started();
+    std::thread::sleep(Duration::from_millis(150));
+    let mut late = h.subscribe();
+    assert_eq!(
+        late.next(),
+        json!({"type": "networkStatus", "status": "connected"})
+    );
+    assert_eq!(
+        late.next(),
+        json!({"type": "apiReachability", "status": "unknown"})
+    );
+    // Live events follow; output is never replayed to a later subscriber.
+    p.ok("spawn", sh("p", "echo live"));
+    assert_eq!(late.next()["data"], "live\n");
+    assert_eq!(late.until_exit("p").exit["exitCode"], 0);
+    let mut later = h.subscribe();
+    p.ok("spawn", sh("q", "echo next"));
+    assert_eq!(later.next()["type"], "networkStatus");
+    assert_eq!(later.next()["type"], "apiReachability");
+    let third = later.next();
+    assert_eq!(third["id"], "q", "p's output or exit was replayed: {third}");
+
+    // After a stop nothing stale is replayed: the next start's events are
+    // the first a new subscriber sees.
+    p.ok("stopVM", json!({}));
+    let mut after_stop = h.subscribe();
+    p.ok("startVM", json!({}));
+    assert_eq!(
+        after_stop.next(),
+        json!({"type": "networkStatus", "status": "connected"})
+    );
+}
+
+#[test]
+fn a_late_subscriber_gets_the_probe_result() {
+    let h = Helper::start();
+    let mut early = h.subscribe();
+    let p = Pipe::new(h.conn());
+    // Nothing listens on port 1: the probe ends quickly, unreachable.
+    p.ok("startVM", json!({"apiProbeURL": "http://127.0.0.1:1/"}));
+    loop {
+        let e = early.next();
+        if e["type"] == "apiReachability" {
+            assert_eq!(e["status"], "unreachable");
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let mut late = h.subscribe();
+    assert_eq!(
+        late.next(),
+        json!({"type": "networkStatus", "status": "connected"})
+    );
+    let r = late.next();
+    assert_eq!(r["type"], "apiReachability");
+    assert!(
+        [
+            "unknown",
+            "reachable",
+            "probably_unreachable",
+            "unreachable"
+        ]
+        .contains(&r["status"].as_str().unwrap()),
+        "{r}"
+    );
+    assert_eq!(r["status"], "unreachable");
 }
 
 /// Sends `bytes` raw on a fresh connection; returns the reply if any.
@@ -235,8 +316,8 @@ fn malformed_input_gets_an_error_and_the_helper_keeps_serving() {
             framed(br#"{"method":"deleteSessionDirs","params":{"names":[1,2]}}"#),
         ),
         (
-            "writeStdin to nobody",
-            framed(br#"{"method":"writeStdin","params":{"id":"ghost","data":"x"}}"#),
+            "writeStdin with numeric data",
+            framed(br#"{"method":"writeStdin","params":{"id":"ghost","data":7}}"#),
         ),
         (
             "readFile outside home",

@@ -131,10 +131,41 @@ fn signals_by_name_and_number() {
         assert_eq!(o.exit["signal"], name, "{o:?}");
         assert!(o.exit.get("exitCode").is_none());
     }
+}
+
+/// Both reference peers answer these for an id that is not running (never
+/// spawned, or already ended) with success and do nothing: the client sends
+/// them racing a process's exit.
+#[test]
+fn requests_for_unknown_or_ended_processes_succeed_and_do_nothing() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    p.ok("spawn", sh("done", "exit 3"));
+    assert_eq!(ev.until_exit("done").exit["exitCode"], 3);
+    let empty = json!({});
+    for id in ["done", "ghost"] {
+        assert_eq!(p.ok("kill", json!({"id": id, "signal": "SIGKILL"})), empty);
+        assert_eq!(p.ok("kill", json!({"id": id})), empty);
+        assert_eq!(p.ok("writeStdin", json!({"id": id, "data": "x\n"})), empty);
+        assert_eq!(
+            p.ok("sendGuestResponse", json!({"id": id, "error": "nope"})),
+            empty
+        );
+    }
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "ghost"})),
+        json!({"running": false})
+    );
+    assert_eq!(
+        p.ok("isProcessRunning", json!({"id": "done"})),
+        json!({"running": false, "exitCode": 3})
+    );
+    // Bad params are still errors, not silently accepted.
     assert!(p
-        .err("kill", json!({"id": "k1", "signal": "SIGKILL"}))
-        .contains("not running"));
-    assert!(p.err("kill", json!({"id": "ghost"})).contains("no process"));
+        .err("kill", json!({"id": "ghost", "signal": "SIGNOPE"}))
+        .contains("signal"));
+    assert!(p.err("writeStdin", json!({"id": "ghost"})).contains("data"));
 }
 
 #[test]
@@ -482,4 +513,70 @@ fn working_folder_is_the_first_plain_mount_in_the_clients_order() {
         ev.until_exit("o").stdout,
         format!("{}/zeta\n", h.home.display())
     );
+}
+
+/// With plugins configured the app adds `.cowork-lib` (ro),
+/// `.cowork-perm-req` (rw) and `.cowork-perm-resp` (ro), and `uploads` and
+/// `outputs`: all shared, none the working folder, with or without a cwd.
+#[test]
+fn plugin_and_file_drop_mounts_are_never_the_working_folder() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let _p = h.started();
+    for d in ["lib", "req", "resp", "up", "out", "proj"] {
+        h.mkdir(&format!("plug/{d}"));
+    }
+    let mounts = r#"{"outputs":{"path":"plug/out","mode":"rw"},"uploads":{"path":"plug/up","mode":"rw"},
+        ".cowork-lib":{"path":"plug/lib","mode":"ro"},".cowork-perm-req":{"path":"plug/req","mode":"rw"},
+        ".cowork-perm-resp":{"path":"plug/resp","mode":"ro"},"proj":{"path":"plug/proj","mode":"rw"}}"#;
+    for (id, cwd) in [("w1", r#","cwd":"/sessions/s1""#), ("w2", "")] {
+        // Raw JSON: a map built in the test would sort the keys.
+        let body = format!(
+            r#"{{"method":"spawn","id":1,"params":{{"id":"{id}","name":"s1","command":"/bin/pwd"{cwd},
+            "additionalMounts":{mounts}}}}}"#
+        );
+        let mut c = h.conn();
+        c.send_body(body.as_bytes());
+        let r = c.recv().unwrap();
+        assert_eq!(r["success"], true, "{r}");
+        assert!(r["result"].get("failedMounts").is_none(), "{r}");
+        let o = ev.until_exit(id);
+        assert_eq!(
+            o.stdout,
+            format!("{}/plug/proj\n", h.home.display()),
+            "{o:?}"
+        );
+    }
+}
+
+/// The app spawns the agent as `/usr/local/bin/claude`; the host runs the
+/// binary installSdk named, and refuses (saying what to do) before that.
+#[test]
+fn the_agent_command_runs_the_installed_sdk() {
+    let h = Helper::start();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let e = p.err("spawn", agent_spawn("a0", "s1", &["-p", "hi"]));
+    assert!(e.contains("call installSdk"), "{e}");
+    let bin = fake_claude(&h.home, ".local/share/claude-sdk", "2.1.328");
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": ".local/share/claude-sdk", "version": "2.1.328"}),
+    );
+    for (id, command) in [("a1", "/usr/local/bin/claude"), ("a2", "claude")] {
+        let mut req = agent_spawn(id, "s1", &["-p", "two words"]);
+        req["command"] = json!(command);
+        p.ok("spawn", req);
+        let o = ev.until_exit(id);
+        let bin = bin.display();
+        assert_eq!(
+            o.stdout,
+            format!("0={bin}\narg=-p\narg=two words\npath={bin}\nsdk=rw\nenv=unset\n"),
+            "{o:?}"
+        );
+        assert_eq!(o.exit["exitCode"], 0);
+    }
+    // Other commands are untouched.
+    p.ok("spawn", spawn_params("o", "s1", "/bin/echo", &["plain"]));
+    assert_eq!(ev.until_exit("o").stdout, "plain\n");
 }

@@ -6,6 +6,12 @@
 //! output; a subscriber whose queue stays full for [`SLOW_SUBSCRIBER`] is
 //! disconnected (the app re-subscribes 1-5 s later), so one stuck reader can
 //! neither grow the helper's memory nor stop the others for long.
+//!
+//! The app subscribes and starts the environment at the same moment, on two
+//! connections, so a subscription often arrives after the start events were
+//! published. The bus therefore keeps the latest state-like events (see
+//! [`Retained`]) and replays them to each new subscriber before anything
+//! live.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -19,6 +25,11 @@ use crate::wire::encode_frame;
 /// With output read in 64 KiB chunks, about 4 MiB per subscriber.
 pub const QUEUE_FRAMES: usize = 64;
 pub const SLOW_SUBSCRIBER: Duration = Duration::from_secs(10);
+/// `startupStep`s kept for replay; a start has a handful (two per stage),
+/// so this only bounds a backend gone wrong. Together with the network and
+/// reachability events the replay always fits in a fresh queue.
+pub const RETAINED_STEPS: usize = 32;
+const _: () = assert!(RETAINED_STEPS + 2 <= QUEUE_FRAMES);
 
 #[derive(Clone, Default)]
 pub struct EventBus {
@@ -29,6 +40,46 @@ pub struct EventBus {
 struct Subscribers {
     next_id: u64,
     list: Vec<(u64, mpsc::Sender<Bytes>)>,
+    retained: Retained,
+}
+
+/// What a late subscriber needs to know about the current run: the last
+/// `networkStatus`, the last `apiReachability` and the `startupStep`s of
+/// the current start, in publication order. Process output and exits are
+/// not state and are never kept.
+#[derive(Default)]
+struct Retained {
+    frames: Vec<(Kept, Bytes)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    Network,
+    Reachability,
+    Step,
+}
+
+impl Retained {
+    fn record(&mut self, event: &Event, frame: &Bytes) {
+        let kind = match event {
+            Event::NetworkStatus { .. } => Kept::Network,
+            Event::ApiReachability { .. } => Kept::Reachability,
+            Event::StartupStep { .. } => Kept::Step,
+            _ => return,
+        };
+        if kind == Kept::Step {
+            let steps = self.frames.iter().filter(|(k, _)| *k == Kept::Step).count();
+            if steps >= RETAINED_STEPS {
+                if let Some(i) = self.frames.iter().position(|(k, _)| *k == Kept::Step) {
+                    self.frames.remove(i);
+                }
+            }
+        } else {
+            // Only the latest value of a state matters.
+            self.frames.retain(|(k, _)| *k != kind);
+        }
+        self.frames.push((kind, frame.clone()));
+    }
 }
 
 /// One subscriber's end: frames ready to write to its connection.
@@ -63,9 +114,17 @@ impl EventBus {
         Self::default()
     }
 
+    /// A new subscriber; its queue already holds the retained state, so the
+    /// replay comes before any live event. Both happen under the bus lock,
+    /// so an event is either in the replay or delivered live, never both or
+    /// neither.
     pub fn subscribe(&self) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
         let mut subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, frame) in &subs.retained.frames {
+            // Cannot fail: the queue is fresh and larger than the replay.
+            let _ = tx.try_send(frame.clone());
+        }
         subs.next_id += 1;
         let id = subs.next_id;
         subs.list.push((id, tx));
@@ -74,6 +133,20 @@ impl EventBus {
             rx,
             bus: Arc::downgrade(&self.inner),
         }
+    }
+
+    /// A new start begins: the previous start's steps no longer describe
+    /// anything (network and reachability stay until they change).
+    pub fn start_began(&self) {
+        let mut subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retained.frames.retain(|(k, _)| *k != Kept::Step);
+    }
+
+    /// The environment stopped: a later subscriber is told nothing, as by a
+    /// helper that never started (those already subscribed saw the stop).
+    pub fn forget_state(&self) {
+        let mut subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        subs.retained.frames.clear();
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -92,7 +165,8 @@ impl EventBus {
             }
         };
         let targets: Vec<(u64, mpsc::Sender<Bytes>)> = {
-            let subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let mut subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            subs.retained.record(event, &frame);
             subs.list.clone()
         };
         // Serve every subscriber with room first, so a slow one delays only
@@ -185,5 +259,109 @@ mod tests {
             got += 1;
         }
         assert_eq!(got, QUEUE_FRAMES, "stuck subscriber keeps only what fitted");
+    }
+
+    fn net(up: bool) -> Event {
+        Event::NetworkStatus {
+            status: if up {
+                crate::NetworkStatus::Connected
+            } else {
+                crate::NetworkStatus::Disconnected
+            },
+        }
+    }
+
+    fn step(name: &str, status: &str) -> Event {
+        Event::StartupStep {
+            step: name.into(),
+            status: status.into(),
+        }
+    }
+
+    fn reach(status: &str) -> Event {
+        Event::ApiReachability {
+            status: status.into(),
+        }
+    }
+
+    /// Whatever is queued now, decoded.
+    fn drain(sub: &mut Subscription) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        while let Ok(f) = sub.rx.try_recv() {
+            out.push(serde_json::from_slice(&f[4..]).unwrap());
+        }
+        out
+    }
+
+    fn as_value(e: &Event) -> serde_json::Value {
+        serde_json::to_value(e).unwrap()
+    }
+
+    #[tokio::test]
+    async fn late_subscriber_gets_the_start_state_in_order_but_no_output() {
+        let bus = EventBus::new();
+        bus.start_began();
+        for e in [
+            step("boot", "started"),
+            net(false),
+            ev(1),
+            step("boot", "completed"),
+            net(true),
+            reach("unknown"),
+            reach("reachable"),
+        ] {
+            bus.publish(&e).await;
+        }
+        let mut late = bus.subscribe();
+        let want: Vec<_> = [
+            step("boot", "started"),
+            step("boot", "completed"),
+            net(true),
+            reach("reachable"),
+        ]
+        .iter()
+        .map(as_value)
+        .collect();
+        assert_eq!(drain(&mut late), want);
+        // Live events follow the replay, once each.
+        bus.publish(&ev(2)).await;
+        assert_eq!(drain(&mut late), vec![as_value(&ev(2))]);
+    }
+
+    #[tokio::test]
+    async fn a_new_start_drops_old_steps_and_a_stop_drops_everything() {
+        let bus = EventBus::new();
+        bus.publish(&step("old", "completed")).await;
+        bus.publish(&net(true)).await;
+        bus.start_began();
+        bus.publish(&step("new", "started")).await;
+        let mut a = bus.subscribe();
+        assert_eq!(
+            drain(&mut a),
+            vec![as_value(&net(true)), as_value(&step("new", "started"))]
+        );
+        bus.forget_state();
+        let mut b = bus.subscribe();
+        assert!(drain(&mut b).is_empty());
+    }
+
+    #[tokio::test]
+    async fn retained_steps_are_bounded() {
+        let bus = EventBus::new();
+        bus.publish(&net(true)).await;
+        for n in 0..RETAINED_STEPS * 3 {
+            bus.publish(&step(&n.to_string(), "started")).await;
+        }
+        bus.publish(&reach("unreachable")).await;
+        let mut late = bus.subscribe();
+        let got = drain(&mut late);
+        assert_eq!(got.len(), RETAINED_STEPS + 2);
+        assert_eq!(got[0], as_value(&net(true)));
+        assert_eq!(
+            got[1]["step"],
+            (RETAINED_STEPS * 2).to_string(),
+            "oldest dropped"
+        );
+        assert_eq!(got[RETAINED_STEPS + 1], as_value(&reach("unreachable")));
     }
 }

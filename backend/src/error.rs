@@ -40,6 +40,8 @@ pub enum BackendError {
     },
     #[error("the SDK binary {0:?} does not exist or is not executable: run installSdk with a valid sdkSubpath and version")]
     SdkMissing(PathBuf),
+    #[error("{0:?} is the Claude Code agent, but no SDK is installed: call installSdk {{sdkSubpath, version}} first (the folder <sdkSubpath>/<version> must hold the `claude` binary)")]
+    SdkNotInstalled(String),
     #[error("no pending guest request with id {0:?}")]
     NoPendingRequest(String),
     #[error("{context}: {source}")]

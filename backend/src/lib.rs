@@ -3,6 +3,7 @@
 //! rules every backend shares: the spawn environment, guest-path
 //! translation and mount validation, and per-session data on the host.
 
+pub mod agent;
 pub mod api;
 pub mod args;
 pub mod bus;

@@ -9,6 +9,10 @@ use std::path::{Component, Path, PathBuf};
 use crate::api::MountMode;
 use crate::error::{BackendError, Result};
 
+/// Mounts the app adds for files it hands over (`uploads`) or collects
+/// (`outputs`): never the working folder (helper-protocol.md).
+pub const NOT_WORKING_FOLDERS: [&str; 2] = ["uploads", "outputs"];
+
 /// Never mountable, nor anything under them (besides `/` itself).
 const FORBIDDEN_TREES: [&str; 3] = ["/proc", "/dev", "/sys"];
 
@@ -213,11 +217,13 @@ impl SessionPaths<'_> {
     }
 
     /// The working folder for a `cwd` of `/sessions/<name>`: the first mount
-    /// whose name does not start with `.` and is not `uploads`.
+    /// that is the user's own folder, i.e. whose name does not start with `.`
+    /// (`.claude`, the plugin mounts `.cowork-lib`, `.cowork-perm-req`,
+    /// `.cowork-perm-resp`, ...) and is not one of the app's file drops.
     pub fn working_mount(&self) -> Option<&(String, HostMount)> {
         self.mounts
             .iter()
-            .find(|(n, _)| !n.starts_with('.') && n != "uploads")
+            .find(|(n, _)| !n.starts_with('.') && !NOT_WORKING_FOLDERS.contains(&n.as_str()))
     }
 
     /// The host path for a guest path of this session; `Ok(None)` when `p`

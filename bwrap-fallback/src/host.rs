@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cowork_backend::agent::{agent_binary, prepend_path};
 use cowork_backend::args::{translate_args, translate_env};
 use cowork_backend::paths::SessionPaths;
 use cowork_backend::session_data::TMP_DIR;
@@ -12,10 +13,7 @@ use cowork_backend::{BackendError, Result, SpawnRequest};
 
 use crate::process::{Launch, SignalRoute};
 
-fn program(sp: &SessionPaths, command: &str, sdk: Option<&Path>) -> Result<PathBuf> {
-    if let (Some(sdk), "claude") = (sdk, command) {
-        return Ok(sdk.to_path_buf());
-    }
+fn program(sp: &SessionPaths, command: &str) -> Result<PathBuf> {
     Ok(sp
         .translate(command)?
         .unwrap_or_else(|| PathBuf::from(command)))
@@ -51,7 +49,14 @@ pub fn launch(
     if req.allowed_domains.is_some() {
         tracing::warn!(session = %req.name, "host backend cannot enforce allowedDomains: the session has the user's full network access");
     }
-    let program = program(sp, &req.command, sdk)?;
+    let agent = agent_binary(&req.command, sdk)?;
+    let program = match agent {
+        Some(bin) => bin.to_path_buf(),
+        None => program(sp, &req.command)?,
+    };
+    if let Some(dir) = agent.and_then(Path::parent) {
+        prepend_path(&mut base, dir);
+    }
     let args = translate_args(sp, &req.args)?;
     let cwd = cwd(sp, req.cwd.as_deref())?;
     base.push((

@@ -250,17 +250,28 @@ impl Backend for LocalBackend {
                 })
                 .await;
         }
-        if let Some(url) = request.api_probe_url {
-            let bus = self.bus.clone();
-            tokio::spawn(async move {
-                let ok = cowork_egress::probe::api_reachable(&url).await;
-                let status = if ok { "reachable" } else { "unreachable" };
-                tracing::info!("API probe: {status}");
-                bus.publish(&Event::ApiReachability {
-                    status: status.into(),
-                })
-                .await;
-            });
+        match request.api_probe_url {
+            Some(url) => {
+                let bus = self.bus.clone();
+                tokio::spawn(async move {
+                    let ok = cowork_egress::probe::api_reachable(&url).await;
+                    let status = if ok { "reachable" } else { "unreachable" };
+                    tracing::info!("API probe: {status}");
+                    bus.publish(&Event::ApiReachability {
+                        status: status.into(),
+                    })
+                    .await;
+                });
+            }
+            // The app stays on "starting" until it hears a reachability;
+            // with nothing to probe, the honest answer is "unknown".
+            None => {
+                self.bus
+                    .publish(&Event::ApiReachability {
+                        status: "unknown".into(),
+                    })
+                    .await
+            }
         }
         Ok(())
     }

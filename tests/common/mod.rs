@@ -298,3 +298,28 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A stand-in for the Claude Code binary in `<home>/<subpath>/<version>/`:
+/// prints how it was started (`$0`, each argument), which `claude` PATH
+/// finds, whether it can write next to itself, and `$FAKE_ENV`.
+pub fn fake_claude(home: &Path, subpath: &str, version: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = home.join(subpath).join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("claude");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho \"0=$0\"\nfor a in \"$@\"; do echo \"arg=$a\"; done\n\
+         echo \"path=$(command -v claude)\"\n\
+         if touch \"${0%/*}/w\" 2>/dev/null; then echo sdk=rw; else echo sdk=ro; fi\n\
+         echo \"env=${FAKE_ENV-unset}\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// The spawn the app sends for the agent.
+pub fn agent_spawn(id: &str, session: &str, args: &[&str]) -> Value {
+    spawn_params(id, session, "/usr/local/bin/claude", args)
+}

@@ -7,6 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use cowork_backend::agent::{agent_binary, prepend_path};
 use cowork_backend::api::MountMode;
 use cowork_backend::paths::{parse_guest_path, GuestPlace, HostMount, SessionPaths};
 use cowork_backend::spawn_env::session_env;
@@ -193,6 +194,10 @@ impl BwrapSetup {
         sdk: Option<&Path>,
     ) -> Result<Launch> {
         let cwd = Self::cwd(sp, req.cwd.as_deref())?;
+        // The agent runs by its real path: the SDK folder is bound read-only
+        // at that same path, so the binary finds itself (/proc/self/exe),
+        // and the folder goes first on PATH for a `claude` looked up by name.
+        let agent = agent_binary(&req.command, sdk)?;
         let (policy, rejected) = Policy::new(req.allowed_domains.as_deref().unwrap_or(&[]));
         if !rejected.is_empty() {
             tracing::warn!(session = %req.name, "allowedDomains entries ignored: {}", rejected.join(", "));
@@ -213,9 +218,9 @@ impl BwrapSetup {
         for p in problems {
             tracing::warn!("{p}");
         }
-        let program = match (sdk, req.command.as_str()) {
-            (Some(bin), "claude") => bin.to_string_lossy().into_owned(),
-            _ => req.command.clone(),
+        let program = match agent {
+            Some(bin) => bin.to_string_lossy().into_owned(),
+            None => req.command.clone(),
         };
         let sdk_dir = sdk.and_then(Path::parent);
         let args = self.args(&SandboxPlan {
@@ -249,6 +254,9 @@ impl BwrapSetup {
         }
         base.push(("NO_PROXY".into(), "localhost,127.0.0.1".into()));
         base.push(("no_proxy".into(), "localhost,127.0.0.1".into()));
+        if let Some(dir) = agent.and_then(Path::parent) {
+            prepend_path(&mut base, dir);
+        }
         let env = session_env(base, &req.env, token);
         Ok(Launch {
             id: req.id.clone(),
