@@ -16,19 +16,19 @@ use crate::{agent_answer, egress, unexpected, KvmBackend, SDK_GUEST};
 
 /// readFile's limit in the guest, as on the other backends.
 const READ_FILE_LIMIT: u64 = 4 * 1024 * 1024;
-/// Where the app's spawn names the agent (the path in Anthropic's VM).
-const APP_CLAUDE: &str = "/usr/local/bin/claude";
 const GUEST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
-/// The command the guest runs: `claude` (bare or as the app names it) is
-/// the SDK's binary once installSdk named one.
-fn guest_command(command: &str, sdk: bool) -> String {
-    let is_claude = command == "claude" || command == APP_CLAUDE;
-    if is_claude && sdk {
-        format!("{SDK_GUEST}/claude")
-    } else {
-        command.to_string()
-    }
+/// The command the guest runs: the agent (any command named `claude`, as
+/// the app's `/usr/local/bin/claude`) is the SDK's binary in its share,
+/// which installSdk must have named; anything else runs as given.
+fn guest_command(command: &str, sdk: bool) -> Result<String> {
+    let sdk = sdk.then(|| Path::new(SDK_GUEST).join(cowork_backend::agent::AGENT_NAME));
+    Ok(
+        match cowork_backend::agent::agent_binary(command, sdk.as_deref())? {
+            Some(bin) => bin.display().to_string(),
+            None => command.to_string(),
+        },
+    )
 }
 
 impl KvmBackend {
@@ -86,8 +86,10 @@ impl KvmBackend {
             "http://cowork:{credential}@{}",
             cowork_guest::wire::EGRESS_LISTEN
         );
+        let command = guest_command(&r.command, sdk)?;
+        // A process that looks itself up by name finds the SDK's first.
         let path = if sdk {
-            format!("{GUEST_PATH}:{SDK_GUEST}")
+            format!("{SDK_GUEST}:{GUEST_PATH}")
         } else {
             GUEST_PATH.to_string()
         };
@@ -120,7 +122,7 @@ impl KvmBackend {
         let cwd = r.cwd.clone().or(first).unwrap_or(home);
         link.spawn(
             &r.id,
-            guest_command(&r.command, sdk),
+            command,
             r.args.clone(),
             env.into_iter().collect(),
             Some(cwd),
@@ -318,12 +320,14 @@ mod tests {
 
     #[test]
     fn claude_is_the_sdk_binary_once_installed() {
-        assert_eq!(
-            guest_command("/usr/local/bin/claude", true),
-            "/run/cowork/sdk/claude"
-        );
-        assert_eq!(guest_command("claude", true), "/run/cowork/sdk/claude");
-        assert_eq!(guest_command("claude", false), "claude");
-        assert_eq!(guest_command("/bin/sh", true), "/bin/sh");
+        let sdk = "/run/cowork/sdk/claude";
+        assert_eq!(guest_command("/usr/local/bin/claude", true).unwrap(), sdk);
+        assert_eq!(guest_command("claude", true).unwrap(), sdk);
+        assert_eq!(guest_command("/bin/sh", true).unwrap(), "/bin/sh");
+        assert_eq!(guest_command("/bin/sh", false).unwrap(), "/bin/sh");
+        assert!(matches!(
+            guest_command("claude", false),
+            Err(BackendError::SdkNotInstalled(_))
+        ));
     }
 }

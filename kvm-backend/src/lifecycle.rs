@@ -518,17 +518,20 @@ impl KvmBackend {
                 status: NetworkStatus::Connected,
             })
             .await;
-        if let Some(url) = req.api_probe_url.clone() {
-            let bus = self.bus.clone();
-            tokio::spawn(async move {
-                let ok = cowork_egress::probe::api_reachable(&url).await;
-                let status = if ok { "reachable" } else { "unreachable" };
-                bus.publish(&Event::ApiReachability {
-                    status: status.into(),
-                })
-                .await;
-            });
-        }
+        // The app leaves "starting" only once it has heard one.
+        let bus = self.bus.clone();
+        let probe = req.api_probe_url.clone();
+        tokio::spawn(async move {
+            let status = match probe {
+                Some(url) if cowork_egress::probe::api_reachable(&url).await => "reachable",
+                Some(_) => "unreachable",
+                None => "unknown",
+            };
+            bus.publish(&Event::ApiReachability {
+                status: status.into(),
+            })
+            .await;
+        });
         Ok(())
     }
 
