@@ -31,6 +31,8 @@ const REPLY_LIMIT: Duration = Duration::from_secs(25);
 const SEND_LIMIT: Duration = Duration::from_secs(10);
 /// Frames queued for the agent before writers wait.
 const OUT_QUEUE: usize = 256;
+/// The most of a guest-chosen string a log line carries.
+const SHOWN_CHARS: usize = 200;
 /// Processes (running or ended) remembered per agent connection.
 const KNOWN_PROCESSES: usize = 4096;
 /// stdin is passed on in pieces of at most this much (under one frame).
@@ -67,6 +69,13 @@ pub struct AgentLink {
     pub agent: String,
     /// Woken whenever a process ends, so its session's resources can go.
     exited: Arc<tokio::sync::Notify>,
+}
+
+/// A guest-chosen string as the log shows it: at most [`SHOWN_CHARS`].
+pub(crate) fn shown(s: &str) -> &str {
+    s.char_indices()
+        .nth(SHOWN_CHARS)
+        .map_or(s, |(i, _)| &s[..i])
 }
 
 /// Compares two tokens in time independent of where they differ.
@@ -266,7 +275,12 @@ impl AgentLink {
             GuestMsg::Pong { req } => reply(req, Reply::Pong),
             GuestMsg::Json { req } => reply(req, Reply::Json(payload)),
             GuestMsg::Failed { req, error } => reply(req, Reply::Failed(error)),
-            GuestMsg::Error { message } => tracing::warn!("guest agent: {message}"),
+            GuestMsg::Error { message } => cowork_vmm::guest_log!(
+                warn,
+                "guest agent error",
+                "guest agent: {}",
+                shown(&message)
+            ),
         }
     }
 

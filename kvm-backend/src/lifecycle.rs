@@ -207,7 +207,10 @@ async fn accept_agents(
                         drop(st);
                         refuse("the agent is already connected");
                     } else {
-                        tracing::info!("guest agent {} connected", link.agent);
+                        tracing::info!(
+                            "guest agent {} connected",
+                            crate::agent_link::shown(&link.agent)
+                        );
                         st.link = Some(link);
                     }
                 }
