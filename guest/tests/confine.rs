@@ -500,6 +500,19 @@ fn a_cwd_is_never_made_through_a_link() {
         }
     }
     assert!(!outside.join("sub").exists());
+    // A cwd elsewhere is entered as the session's user, not as root: a
+    // directory only root may enter is refused.
+    let private = c.root.join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    spawn_in(&mut c, "root-only", &private);
+    loop {
+        match c.a.recv().0 {
+            GuestMsg::SpawnFailed { id, .. } if id == "root-only" => break,
+            GuestMsg::Spawned { id } if id == "root-only" => panic!("entered as root"),
+            _ => {}
+        }
+    }
     let good = s.join("a/new/deeper");
     spawn_in(&mut c, "good", &good);
     let out = c.read_until("good", &good.to_string_lossy());
