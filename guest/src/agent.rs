@@ -224,10 +224,21 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 send_error(out, message).await;
             }
         }
-        HostMsg::ReadFile { req, path, limit } => {
+        HostMsg::ReadFile {
+            req,
+            path,
+            limit,
+            session,
+        } => {
             let limit = limit.min(cfg.read_file_limit);
+            let layout = cfg.confine.clone();
             answer_later(out, req, move || {
-                read_limited(Path::new(&path), limit).map(Answer::File)
+                let file = match &layout {
+                    // Run by hand: the host's own files, as the host's user.
+                    None => open_for_reading(&path),
+                    Some(l) => open_in_session(l, session.as_deref(), &path),
+                }?;
+                read_limited(file, &path, limit).map(Answer::File)
             });
         }
         HostMsg::Mount {
@@ -237,26 +248,22 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
             path,
             read_only,
         } => {
-            let in_vm = cfg.in_vm;
+            let layout = cfg.confine.clone();
             answer_later(out, req, move || {
-                if !in_vm {
+                let Some(l) = layout else {
                     return Err("mounting shares needs the agent to run in the VM".into());
-                }
-                crate::init::mount_share(&tag, subdir.as_deref(), Path::new(&path), read_only)
+                };
+                crate::shares::mount_share(&l, &tag, subdir.as_deref(), &path, read_only)
                     .map(|()| Answer::Done)
             });
         }
         HostMsg::Unmount { req, path } => {
-            let confining = cfg.confine.is_some();
+            let layout = cfg.confine.clone();
             answer_later(out, req, move || {
-                if !confining {
+                let Some(l) = layout else {
                     return Err("unmounting shares needs the agent to run in the VM".into());
-                }
-                // Detached: the unmount reaches every session's copy (by
-                // propagation) even while one of its processes is inside.
-                nix::mount::umount2(Path::new(&path), nix::mount::MntFlags::MNT_DETACH)
-                    .map(|()| Answer::Done)
-                    .map_err(|e| format!("umount {path}: {e}"))
+                };
+                crate::shares::unmount_share(&l, &path).map(|()| Answer::Done)
             });
         }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
@@ -539,15 +546,49 @@ async fn supervise(
     .await;
 }
 
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    use std::io::Read;
+/// Flags for opening a file to read: a FIFO or device must not block the
+/// open, nor become the agent's terminal.
+fn read_flags() -> nix::fcntl::OFlag {
+    use nix::fcntl::OFlag;
+    OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY
+}
+
+fn open_for_reading(path: &str) -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let shown = path.display();
-    let f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .custom_flags(read_flags().bits())
         .open(path)
-        .map_err(|e| format!("cannot open {shown}: {e}"))?;
+        .map_err(|e| format!("cannot open {path}: {e}"))
+}
+
+/// Opens `path` for `session`, confined: the agent reads as root, so the
+/// session must not point it (by a symbolic link in its own directory) at
+/// another session's files or the system's. The path must be inside the
+/// session's directory and is opened beneath it.
+fn open_in_session(
+    layout: &crate::confine::Layout,
+    session: Option<&str>,
+    path: &str,
+) -> Result<std::fs::File, String> {
+    let Some(session) = session else {
+        return Err(format!("cannot read {path}: no session named"));
+    };
+    cowork_backend::session_data::validate_name("session", session).map_err(|e| e.to_string())?;
+    let own = layout.sessions_root.join(session);
+    let rel = Path::new(path)
+        .strip_prefix(&own)
+        .map_err(|_| format!("cannot read {path}: not in {}", own.display()))?;
+    let no = crate::safe_path::Create::No;
+    let dir = crate::safe_path::open_dir(&layout.sessions_root, Path::new(session), no)?;
+    use std::os::fd::AsFd;
+    crate::safe_path::open_file_beneath(dir.as_fd(), rel, read_flags())
+        .map(std::fs::File::from)
+        .map_err(|e| format!("cannot open {path}: {e}"))
+}
+
+fn read_limited(f: std::fs::File, shown: &str, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
     let meta = f.metadata().map_err(|e| format!("{shown}: {e}"))?;
     if !meta.is_file() {
         return Err(format!("{shown} is not a regular file"));

@@ -192,26 +192,13 @@ fn give(dir: &Path, uid: u32, all: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes `rel` (relative, no `..`) under `base`, each new directory given
-/// to `uid`.
+/// Makes `rel` (plain names only) under `base`, each new directory given
+/// to `uid`, by descriptor: no symbolic link is followed, so a session
+/// swapping a component of its own directory for a link cannot have root
+/// make (and give it) a directory anywhere else.
 fn mkdirs_owned(base: &Path, rel: &Path, uid: u32) -> Result<(), String> {
-    let mut p = base.to_path_buf();
-    for c in rel.components() {
-        let std::path::Component::Normal(c) = c else {
-            return Err(format!("bad directory {}", rel.display()));
-        };
-        p.push(c);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_dir() => continue,
-            Ok(_) => return Err(format!("{} is not a directory", p.display())),
-            Err(_) => {
-                std::fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
-                std::os::unix::fs::lchown(&p, Some(uid), Some(uid))
-                    .map_err(|e| format!("chown {}: {e}", p.display()))?;
-            }
-        }
-    }
-    Ok(())
+    use crate::safe_path::{open_dir, Create};
+    open_dir(base, rel, Create::Owned(uid, uid)).map(drop)
 }
 
 /// One mount(2) call.
@@ -353,7 +340,10 @@ impl Plan {
                     return Err(format!("cwd {} is not absolute", d.display()));
                 }
                 if let Ok(rel) = d.strip_prefix(&own) {
-                    mkdirs_owned(&own, rel, uid)?;
+                    // From the sessions root, so the session's own
+                    // directory is not taken on trust either.
+                    let rel = Path::new(name).join(rel);
+                    mkdirs_owned(&layout.sessions_root, &rel, uid)?;
                 }
                 d
             }
@@ -403,7 +393,6 @@ impl Plan {
                     check(r)?;
                 }
             }
-            check(libc::chdir(self.cwd.as_ptr()))?;
             // No capability can come back: drop the bounding set (EINVAL
             // past the last one the kernel knows).
             for cap in 0..64 {
@@ -414,6 +403,10 @@ impl Plan {
             // From root to non-root with no SECBIT_KEEP_CAPS: every
             // capability is gone.
             check(libc::setresuid(self.uid, self.uid, self.uid))?;
+            // Entered as the session's user, not root: whatever the
+            // session has made of the path since it was checked, it leads
+            // nowhere the session could not go itself.
+            check(libc::chdir(self.cwd.as_ptr()))?;
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
         }
         Ok(())

@@ -82,6 +82,11 @@ pub fn early_init() -> Vec<String> {
         ("/proc/sys/kernel/dmesg_restrict", "1"),
         ("/proc/sys/kernel/kptr_restrict", "2"),
         ("/proc/sys/user/max_user_namespaces", "0"),
+        // Nor hard-link files they do not own (a link of someone else's
+        // file in its own directory would be read by the agent's
+        // readFile), nor trick anyone with links in sticky directories.
+        ("/proc/sys/fs/protected_hardlinks", "1"),
+        ("/proc/sys/fs/protected_symlinks", "1"),
     ] {
         if let Err(e) = std::fs::write(knob, value) {
             problems.push(format!("{knob}: {e}"));
@@ -108,56 +113,6 @@ pub fn early_init() -> Vec<String> {
 /// Where a virtio-fs device is mounted whole when shares are taken from
 /// its subdirectories.
 pub const FS_ROOT: &str = "/run/cowork-fs";
-
-/// Mounts a virtio-fs share by its tag, or one directory of it (bound from
-/// the whole device, mounted once under [`FS_ROOT`]).
-pub fn mount_share(
-    tag: &str,
-    subdir: Option<&str>,
-    path: &Path,
-    read_only: bool,
-) -> Result<(), String> {
-    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
-    let Some(sub) = subdir else {
-        let flags = if read_only {
-            base | MsFlags::MS_RDONLY
-        } else {
-            base
-        };
-        return mount(Some(tag), path, Some("virtiofs"), flags, None::<&str>)
-            .map_err(|e| format!("mount share {tag} on {}: {e}", path.display()));
-    };
-    if sub.is_empty() || sub.contains('/') || sub == "." || sub == ".." {
-        return Err(format!("bad share name {sub:?}"));
-    }
-    let whole = Path::new(FS_ROOT).join(tag);
-    if !whole.join(sub).exists() {
-        std::fs::create_dir_all(&whole).map_err(|e| format!("mkdir {}: {e}", whole.display()))?;
-        // Already mounted is fine: another share of the same device.
-        match mount(Some(tag), &whole, Some("virtiofs"), base, None::<&str>) {
-            Ok(()) | Err(nix::errno::Errno::EBUSY) => {}
-            Err(e) => return Err(format!("mount {tag} on {}: {e}", whole.display())),
-        }
-    }
-    let from = whole.join(sub);
-    mount(
-        Some(&from),
-        path,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("bind {} on {}: {e}", from.display(), path.display()))?;
-    if read_only {
-        // A bind mount takes read-only only on a remount; the device refuses
-        // writes to a read-only share anyway.
-        let flags = base | MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
-            .map_err(|e| format!("read-only remount of {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
 
 fn loopback_up() -> Result<(), String> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};

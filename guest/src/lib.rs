@@ -11,5 +11,9 @@ pub mod forward;
 #[cfg(feature = "agent")]
 pub mod init;
 #[cfg(feature = "agent")]
+pub mod safe_path;
+#[cfg(feature = "agent")]
+pub mod shares;
+#[cfg(feature = "agent")]
 pub mod stdin_queue;
 pub mod wire;

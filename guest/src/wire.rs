@@ -74,6 +74,12 @@ pub enum HostMsg {
         req: u64,
         path: String,
         limit: u64,
+        /// The session asking: in the VM `path` must be inside its
+        /// directory and is opened there, symbolic links followed only
+        /// while they stay inside; without one the VM's agent refuses.
+        /// Ignored where the agent confines nothing (run by hand).
+        #[serde(default)]
+        session: Option<String>,
     },
     /// Mount virtio-fs `tag` at `path` (only its directory `subdir`, when
     /// given: one device carries every share); answered with `Done` or
@@ -263,5 +269,12 @@ mod tests {
         );
         assert!(decode::<HostMsg>(&[0, 0]).is_err());
         assert!(encode(&GuestMsg::File { req: 1 }, &vec![0u8; MAX_FRAME]).is_err());
+    }
+
+    #[test]
+    fn read_file_without_a_session_still_decodes() {
+        let old = br#"{"type":"readFile","req":1,"path":"/x","limit":5}"#;
+        let m: HostMsg = serde_json::from_slice(old).unwrap();
+        assert!(matches!(m, HostMsg::ReadFile { session: None, .. }));
     }
 }

@@ -126,6 +126,7 @@ fn read_file_is_limited() {
                 req: 1,
                 path: tmp.path().join(name).to_string_lossy().into(),
                 limit,
+                session: None,
             },
             &[],
         );

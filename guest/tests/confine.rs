@@ -266,3 +266,257 @@ fn shares_come_and_go_in_running_sessions() {
     assert!(out.contains("gone-late"), "{out}");
     assert!(!Path::new(&late).join("marker").exists());
 }
+
+impl Confined {
+    /// The answer to request `req`, skipping other frames (process output).
+    fn answer(&mut self, req: u64) -> (GuestMsg, Vec<u8>) {
+        loop {
+            let (m, p) = self.a.recv();
+            match &m {
+                GuestMsg::Done { req: r }
+                | GuestMsg::File { req: r }
+                | GuestMsg::Failed { req: r, .. }
+                | GuestMsg::Json { req: r }
+                    if *r == req =>
+                {
+                    return (m, p)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn mount(&mut self, req: u64, sub: &str, path: &Path, read_only: bool) -> GuestMsg {
+        self.a.send(
+            &HostMsg::Mount {
+                req,
+                tag: "tag".into(),
+                subdir: Some(sub.into()),
+                path: path.to_string_lossy().into(),
+                read_only,
+            },
+            &[],
+        );
+        self.answer(req).0
+    }
+
+    fn unmount(&mut self, req: u64, path: &Path) -> GuestMsg {
+        self.a.send(
+            &HostMsg::Unmount {
+                req,
+                path: path.to_string_lossy().into(),
+            },
+            &[],
+        );
+        self.answer(req).0
+    }
+
+    fn read_file(&mut self, req: u64, session: Option<&str>, path: &Path) -> (GuestMsg, Vec<u8>) {
+        self.a.send(
+            &HostMsg::ReadFile {
+                req,
+                path: path.to_string_lossy().into(),
+                limit: 1024,
+                session: session.map(Into::into),
+            },
+            &[],
+        );
+        self.answer(req)
+    }
+
+    /// Runs `script` as session `session` to its end; its output.
+    fn run_as(&mut self, id: &str, session: &str, script: &str) -> String {
+        self.spawn(id, Some(session), script);
+        self.read_until(id, "\u{0}never")
+    }
+
+    /// A share directory of the (stand-in) virtio-fs device, with a
+    /// marker file: the agent binds it from `<root>/fs/tag/<sub>`, as in
+    /// the VM from the device mounted whole.
+    fn device_dir(&self, sub: &str) {
+        let d = self.root.join("fs/tag").join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("marker"), sub).unwrap();
+    }
+}
+
+/// A session that replaces its `mnt` by a symbolic link gets neither a
+/// share mounted where the link points nor someone else's share unmounted.
+#[test]
+fn shares_never_follow_a_sessions_links() {
+    if skip_unless_able("shares_never_follow_a_sessions_links") {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    c.user(2, "b");
+    let s = c.sessions();
+    c.device_dir("s1");
+    c.device_dir("s2");
+    // Mounting works, read-only too, by descriptor.
+    assert_eq!(
+        c.mount(3, "s1", &s.join("a/mnt/ok"), true),
+        GuestMsg::Done { req: 3 }
+    );
+    assert_eq!(
+        c.mount(4, "s2", &s.join("b/mnt/theirs"), false),
+        GuestMsg::Done { req: 4 }
+    );
+    let ok = s.join("a/mnt/ok");
+    c.in_agent_ns(&format!(
+        "test -e {ok}/marker && ! touch {ok}/new 2>/dev/null",
+        ok = ok.display()
+    ));
+    let outside = c.root.join("outside");
+    std::fs::create_dir_all(outside.join("m")).unwrap();
+    std::fs::set_permissions(&c.root, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // The session moves its shares' directory away (it owns the parent)
+    // and puts a link in its place.
+    let out = c.run_as(
+        "swap",
+        "a",
+        &format!(
+            r#"mv "$1/a/mnt" "$1/a/mnt.old" && ln -s {} "$1/a/mnt" && echo swapped"#,
+            outside.display()
+        ),
+    );
+    assert!(out.contains("swapped"), "{out}");
+    for (req, m) in [(5, "m"), (6, "new")] {
+        let r = c.mount(req, "s1", &s.join("a/mnt").join(m), false);
+        assert!(matches!(r, GuestMsg::Failed { .. }), "{m}: {r:?}");
+    }
+    assert!(
+        !outside.join("new").exists(),
+        "nothing made through the link"
+    );
+    c.in_agent_ns(&format!(
+        "test ! -e {0}/m/marker && ! mountpoint -q {0}/m",
+        outside.display()
+    ));
+
+    // Now pointing at session b's shares: unmounting "its own" must not
+    // unmount b's.
+    let out = c.run_as(
+        "swap2",
+        "a",
+        r#"rm "$1/a/mnt" && ln -s "$1/b/mnt" "$1/a/mnt" && echo swapped"#,
+    );
+    assert!(out.contains("swapped"), "{out}");
+    let r = c.unmount(7, &s.join("a/mnt/theirs"));
+    assert!(matches!(r, GuestMsg::Failed { .. }), "{r:?}");
+    c.in_agent_ns(&format!("test -e {}/b/mnt/theirs/marker", s.display()));
+    // Its real share, reached without a link, still goes.
+    let out = c.run_as(
+        "swap3",
+        "a",
+        r#"rm "$1/a/mnt" && mv "$1/a/mnt.old" "$1/a/mnt" && echo back"#,
+    );
+    assert!(out.contains("back"), "{out}");
+    assert_eq!(c.unmount(8, &ok), GuestMsg::Done { req: 8 });
+    c.in_agent_ns(&format!("test ! -e {}/marker", ok.display()));
+}
+
+/// readFile for a session reads inside that session's directory only: a
+/// link there to another session's file is refused.
+#[test]
+fn read_file_stays_in_the_session() {
+    if skip_unless_able("read_file_stays_in_the_session") {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    c.user(2, "b");
+    let s = c.sessions();
+    std::fs::write(s.join("b/secret"), b"b's").unwrap();
+    let out = c.run_as(
+        "links",
+        "a",
+        r#"cd "$1/a" && echo mine > own && ln -s own rel && ln -s "$1/b/secret" stolen &&
+        ln -s ../b/secret escape && echo linked"#,
+    );
+    assert!(out.contains("linked"), "{out}");
+    let (m, p) = c.read_file(1, Some("a"), &s.join("a/own"));
+    assert_eq!(
+        (m, p.as_slice()),
+        (GuestMsg::File { req: 1 }, &b"mine\n"[..])
+    );
+    let (m, p) = c.read_file(2, Some("a"), &s.join("a/rel"));
+    assert_eq!(
+        (m, p.as_slice()),
+        (GuestMsg::File { req: 2 }, &b"mine\n"[..])
+    );
+    for (req, session, path) in [
+        (3, Some("a"), "a/stolen"),
+        (4, Some("a"), "a/escape"),
+        (5, Some("a"), "b/secret"),
+        (6, Some("a"), "a/../b/secret"),
+        (7, None, "a/own"),
+        (8, Some("../b"), "b/secret"),
+    ] {
+        let (m, p) = c.read_file(req, session, &s.join(path));
+        assert!(matches!(m, GuestMsg::Failed { .. }), "{path}: {m:?}");
+        assert!(p.is_empty());
+    }
+}
+
+/// A spawn's cwd inside the session's directory is made there and given
+/// to the session; one through a link the session planted is refused.
+#[test]
+fn a_cwd_is_never_made_through_a_link() {
+    if skip_unless_able("a_cwd_is_never_made_through_a_link") {
+        return;
+    }
+    let mut c = Confined::start();
+    let ua = c.user(1, "a");
+    let s = c.sessions();
+    let outside = c.root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let out = c.run_as(
+        "plant",
+        "a",
+        &format!(r#"ln -s {} "$1/a/work" && echo planted"#, outside.display()),
+    );
+    assert!(out.contains("planted"), "{out}");
+    let spawn_in = |c: &mut Confined, id: &str, cwd: &Path| {
+        c.a.send(
+            &HostMsg::Spawn {
+                id: id.into(),
+                command: "/bin/pwd".into(),
+                args: vec![],
+                env: vec![],
+                cwd: Some(cwd.to_string_lossy().into()),
+                session: Some("a".into()),
+            },
+            &[],
+        );
+    };
+    spawn_in(&mut c, "bad", &s.join("a/work/sub"));
+    loop {
+        match c.a.recv().0 {
+            GuestMsg::SpawnFailed { id, .. } if id == "bad" => break,
+            GuestMsg::Spawned { id } if id == "bad" => panic!("spawned through a link"),
+            _ => {}
+        }
+    }
+    assert!(!outside.join("sub").exists());
+    // A cwd elsewhere is entered as the session's user, not as root: a
+    // directory only root may enter is refused.
+    let private = c.root.join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    spawn_in(&mut c, "root-only", &private);
+    loop {
+        match c.a.recv().0 {
+            GuestMsg::SpawnFailed { id, .. } if id == "root-only" => break,
+            GuestMsg::Spawned { id } if id == "root-only" => panic!("entered as root"),
+            _ => {}
+        }
+    }
+    let good = s.join("a/new/deeper");
+    spawn_in(&mut c, "good", &good);
+    let out = c.read_until("good", &good.to_string_lossy());
+    assert!(out.contains(&*good.to_string_lossy()), "{out}");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&good).unwrap());
+    assert_eq!(owner, ua);
+}

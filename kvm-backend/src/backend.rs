@@ -222,6 +222,9 @@ impl Backend for KvmBackend {
                 req,
                 path,
                 limit: READ_FILE_LIMIT,
+                // The agent opens the path inside this session's directory
+                // only, so one session cannot have it read another's files.
+                session: Some(session.to_string()),
             })
             .await;
         match agent_answer("readFile", answer)? {
