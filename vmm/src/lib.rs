@@ -13,6 +13,7 @@ pub mod log_limit;
 pub mod memory;
 pub mod seccomp;
 pub mod vcpu;
+pub mod vcpu_start;
 pub mod vm;
 
 pub use vm::{Boot, DiskConfig, Vm, VmConfig, VmError, VsockConfig};

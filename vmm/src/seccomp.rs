@@ -53,7 +53,6 @@ pub enum SeccompError {
 // ioctl request numbers the filters name (x86-64 encodings).
 const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
-const FIONREAD: u64 = 0x541b;
 const FIOCLEX: u64 = 0x5451;
 
 /// Syscalls every VMM thread needs: memory, locks, time, logging, and
@@ -206,8 +205,6 @@ const HELPER: &[libc::c_long] = &[
     libc::SYS_capget,
     libc::SYS_chdir,
     libc::SYS_chmod,
-    libc::SYS_clone,
-    libc::SYS_clone3,
     libc::SYS_close_range,
     libc::SYS_dup2,
     libc::SYS_epoll_create1,
@@ -267,6 +264,35 @@ const HELPER: &[libc::c_long] = &[
     libc::SYS_epoll_pwait2,
 ];
 
+/// clone(2) in the helper: threads (CLONE_THREAD), or the vfork-style
+/// child posix_spawn makes to start mke2fs (CLONE_VM | CLONE_VFORK: the
+/// child shares memory and runs only until its execve). A plain fork, a
+/// copy of the helper with every session's state, is refused.
+fn helper_clone() -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    let thread = libc::CLONE_THREAD as u64;
+    let spawn = (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+    Ok(vec![
+        SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(thread), thread)?])?,
+        SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(spawn), spawn)?])?,
+    ])
+}
+
+/// A filter that answers clone3 with ENOSYS and lets everything else
+/// through (the other filters decide): installed with the helper's, so
+/// glibc (pthread_create, posix_spawn) falls back to clone(2).
+pub fn clone3_enosys() -> Result<BpfProgram, SeccompError> {
+    let build = |e: &dyn std::fmt::Display| SeccompError::Build(ThreadRole::Helper, e.to_string());
+    let f = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| build(&e))?;
+    f.try_into()
+        .map_err(|e: seccompiler::BackendError| build(&e))
+}
+
 fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut m: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for &sc in COMMON {
@@ -300,6 +326,11 @@ fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
         let domains: Vec<u64> = domains.iter().map(|d| *d as u64).collect();
         m.insert(libc::SYS_socket, one_of(0, &domains)?);
         m.insert(libc::SYS_socketpair, one_of(0, &[libc::AF_UNIX as u64])?);
+        m.insert(libc::SYS_clone, helper_clone()?);
+        // clone3's flags are in memory a filter cannot read: allowed here,
+        // and answered ENOSYS by [`clone3_enosys`] stacked on top, so glibc
+        // falls back to clone(2), whose flags are checked.
+        m.insert(libc::SYS_clone3, vec![]);
         return Ok(m);
     }
     m.insert(libc::SYS_mmap, no_exec(2)?);
@@ -317,7 +348,9 @@ fn rules(role: ThreadRole) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompile
             for &sc in DEVICES {
                 m.insert(sc, vec![]);
             }
-            m.insert(libc::SYS_ioctl, one_of(1, &[FIONBIO, FIONREAD, FIOCLEX])?);
+            // vsock's sockets are made non-blocking (std's FIONBIO); std
+            // may set close-on-exec by ioctl. The passthrough makes none.
+            m.insert(libc::SYS_ioctl, one_of(1, &[FIONBIO, FIOCLEX])?);
             // vsock's host side is Unix sockets, nothing else.
             m.insert(libc::SYS_socket, one_of(0, &[libc::AF_UNIX as u64])?);
             m.insert(libc::SYS_socketpair, one_of(0, &[libc::AF_UNIX as u64])?);
@@ -348,7 +381,12 @@ pub fn filter(role: ThreadRole, mode: Mode) -> Result<BpfProgram, SeccompError> 
 /// no-new-privileges bit, which seccomp requires of unprivileged callers).
 pub fn install(role: ThreadRole, mode: Mode) -> Result<(), SeccompError> {
     let prog = filter(role, mode)?;
-    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e.to_string()))
+    seccompiler::apply_filter(&prog).map_err(|e| SeccompError::Install(role, e.to_string()))?;
+    if role == ThreadRole::Helper {
+        seccompiler::apply_filter(&clone3_enosys()?)
+            .map_err(|e| SeccompError::Install(role, e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Installs the [`ThreadRole::Helper`] filter on every thread of this
@@ -357,6 +395,8 @@ pub fn install_process_wide(mode: Mode) -> Result<(), SeccompError> {
     let role = ThreadRole::Helper;
     let prog = filter(role, mode)?;
     seccompiler::apply_filter_all_threads(&prog)
+        .map_err(|e| SeccompError::Install(role, e.to_string()))?;
+    seccompiler::apply_filter_all_threads(&clone3_enosys()?)
         .map_err(|e| SeccompError::Install(role, e.to_string()))
 }
 
@@ -442,6 +482,92 @@ mod tests {
             (true, libc::EPERM),
             "executable memory is refused"
         );
+    }
+
+    /// What a filter does with the forbidden calls each test makes, each
+    /// with arguments the kernel would refuse (EINVAL, ENOENT, EBADF) if
+    /// the filter let it through, so none of them can fork or exec.
+    #[derive(Debug, PartialEq)]
+    struct Forbidden {
+        fork_like_clone: i32,
+        thread_clone: i32,
+        clone3: i32,
+        execve: i32,
+        unknown_ioctl: i32,
+        kvm_get_regs: i32,
+    }
+
+    fn forbidden_calls() -> Forbidden {
+        let rc = |r: libc::c_long| if r == -1 { errno() } else { 0 };
+        // SAFETY: each call's arguments are invalid for the kernel (see
+        // above) and point at nothing it would write.
+        unsafe {
+            Forbidden {
+                // CLONE_SIGHAND without CLONE_VM: EINVAL once past the filter.
+                fork_like_clone: rc(libc::syscall(
+                    libc::SYS_clone,
+                    libc::CLONE_SIGHAND | libc::SIGCHLD,
+                    0,
+                    0,
+                    0,
+                    0,
+                )),
+                // CLONE_THREAD without CLONE_SIGHAND: EINVAL likewise.
+                thread_clone: rc(libc::syscall(
+                    libc::SYS_clone,
+                    libc::CLONE_THREAD,
+                    0,
+                    0,
+                    0,
+                    0,
+                )),
+                clone3: rc(libc::syscall(libc::SYS_clone3, 0usize, 0usize)),
+                execve: rc(libc::syscall(
+                    libc::SYS_execve,
+                    c"/nonexistent/cowork-test".as_ptr(),
+                    0usize,
+                    0usize,
+                )),
+                unknown_ioctl: rc(libc::syscall(libc::SYS_ioctl, -1, libc::TCGETS, 0usize)),
+                // KVM_GET_REGS: a vCPU thread does not read registers.
+                kvm_get_regs: rc(libc::syscall(libc::SYS_ioctl, -1, 0x8090_ae81u64, 0usize)),
+            }
+        }
+    }
+
+    #[test]
+    fn vmm_threads_cannot_clone_exec_or_make_unknown_ioctls() {
+        for role in [ThreadRole::Vcpu, ThreadRole::Devices] {
+            let got = confined(role, forbidden_calls);
+            let eperm = libc::EPERM;
+            assert_eq!(
+                got,
+                Forbidden {
+                    fork_like_clone: eperm,
+                    thread_clone: eperm,
+                    clone3: eperm,
+                    execve: eperm,
+                    unknown_ioctl: eperm,
+                    kvm_get_regs: eperm,
+                },
+                "{role:?}"
+            );
+        }
+        // The same calls unfiltered reach the kernel (so EPERM above is the
+        // filter's, not the kernel's own answer).
+        let open = std::thread::spawn(forbidden_calls).join().ok();
+        assert_eq!(
+            open.map(|f| (f.fork_like_clone, f.thread_clone, f.execve, f.unknown_ioctl)),
+            Some((libc::EINVAL, libc::EINVAL, libc::ENOENT, libc::EBADF))
+        );
+    }
+
+    #[test]
+    fn the_helper_clones_threads_but_never_forks() {
+        let got = confined(ThreadRole::Helper, forbidden_calls);
+        assert_eq!(got.fork_like_clone, libc::EPERM, "a fork-like clone");
+        assert_eq!(got.thread_clone, libc::EINVAL, "a thread clone passes");
+        assert_eq!(got.clone3, libc::ENOSYS, "clone3: glibc falls back");
     }
 
     /// The clock syscalls themselves, bypassing the vDSO (as glibc does

@@ -299,16 +299,17 @@ impl Vm {
                 .map_err(|e| VmError::Other(e.to_string()))
         };
         let vcpu_filter = filter(ThreadRole::Vcpu)?;
-        let device_loop = EventLoop::start(sources, filter(ThreadRole::Devices)?).map_err(other)?;
         let entry = load(&cfg.boot, &mem, &mmio_args)?;
         if matches!(cfg.boot, Boot::Kernel { .. }) {
             crate::arch::mptable::write(&mem, cfg.vcpus)
                 .map_err(|e| VmError::Other(e.to_string()))?;
         }
 
+        // Every vCPU is made and set up before any runs: a later one failing
+        // leaves nothing behind (its fds, and the rest, are dropped here).
         install_kick_handler();
         let exits = Arc::new(ExitCounts::default());
-        let mut threads = Vec::new();
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
         for id in 0..cfg.vcpus {
             let fd = setup("create vCPU", vm.create_vcpu(id as u64))?;
             let cpuid = setup("CPUID", cpuid::for_vcpu(&kvm, id, cfg.vcpus))?;
@@ -330,21 +331,22 @@ impl Vm {
                 exit: exit.clone(),
                 exits: exits.clone(),
             };
-            let filter = vcpu_filter.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("vcpu{id}"))
-                .spawn(move || {
-                    if let Some(f) = &filter {
-                        if let Err(e) = seccompiler::apply_filter(f) {
-                            vcpu.exit.request(ExitReason::Failed);
-                            return Err(format!("vCPU {id}: seccomp filter: {e}"));
-                        }
-                    }
-                    vcpu.run()
-                })
-                .map_err(|e| VmError::Other(format!("vCPU thread: {e}")))?;
-            threads.push(t);
+            vcpus.push((format!("vcpu{id}"), vcpu));
         }
+        let device_loop = EventLoop::start(sources, filter(ThreadRole::Devices)?).map_err(other)?;
+        // Then all start or none: each thread confines itself first, and
+        // only when every one has do they enter the guest. On a failure the
+        // started ones are joined before `Vm::start` returns, so the device
+        // threads (`device_loop`'s drop) and guest memory go after them.
+        let threads = crate::vcpu_start::start_all(
+            vcpus,
+            move |_: &Vcpu| match &vcpu_filter {
+                Some(f) => seccompiler::apply_filter(f).map_err(|e| format!("seccomp filter: {e}")),
+                None => Ok(()),
+            },
+            Vcpu::run,
+        )
+        .map_err(VmError::Other)?;
         Ok(Vm {
             _vm: vm,
             devices: device_loop,

@@ -29,6 +29,9 @@ impl Fs {
         for (d, s) in t.iter_mut().zip(tag.bytes()) {
             *d = s;
         }
+        // The open-file limit may have been lifted since the shares were
+        // made.
+        shares.budget.refresh();
         Fs {
             tag: t,
             server: Server::new(shares.vfs.clone()),

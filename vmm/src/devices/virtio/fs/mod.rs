@@ -12,10 +12,12 @@
 //! be mapped onto the session's guest user, and FIFOs and device nodes
 //! cannot be opened.
 
+mod budget;
 mod device;
 mod share_fs;
 mod shares;
 
+pub use budget::FdBudget;
 pub use device::{Fs, VIRTIO_ID_FS};
 pub use shares::{ShareError, Shares};
 

@@ -20,10 +20,16 @@
 //!   (ENXIO): a FIFO's open(2) blocks until a writer comes, which would
 //!   stall the device, and a device node would hand the guest a host
 //!   device.
+//! - Descriptors: every inode the guest knows and every handle it has open
+//!   holds a descriptor in the library; the layer counts them against the
+//!   VM's [`FdBudget`] and refuses new ones (ENFILE) once it is spent, so a
+//!   guest cannot drive the helper to EMFILE.
 
 use std::any::Any;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use fuse_backend_rs::abi::fuse_abi::CreateIn;
@@ -36,6 +42,12 @@ use fuse_backend_rs::api::BackendFileSystem;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::FsCacheReqHandler;
 use libc::{stat64, statvfs64};
+
+use super::budget::FdBudget;
+
+/// The share's root inode: the library holds it from mount to the end and
+/// never forgets it, so the guest cannot add to it.
+const ROOT_ID: u64 = 1;
 
 /// What a share promises the host, whatever the guest sends.
 #[derive(Clone, Copy, Debug, Default)]
@@ -50,6 +62,18 @@ pub struct Policy {
 pub struct ShareFs {
     inner: PassthroughFs<()>,
     policy: Policy,
+    budget: Arc<FdBudget>,
+    held: Mutex<Held>,
+}
+
+/// What the library holds a descriptor for on the guest's behalf,
+/// mirroring its own counts: an inode stays until the guest has forgotten
+/// as many lookups as it was given, a handle until it is released.
+#[derive(Default)]
+struct Held {
+    /// Inode -> lookups the guest holds (every entry reply is one).
+    inodes: HashMap<u64, u64>,
+    handles: HashSet<u64>,
 }
 
 fn err(errno: i32) -> io::Error {
@@ -57,8 +81,94 @@ fn err(errno: i32) -> io::Error {
 }
 
 impl ShareFs {
-    pub fn new(inner: PassthroughFs<()>, policy: Policy) -> ShareFs {
-        ShareFs { inner, policy }
+    pub fn new(inner: PassthroughFs<()>, policy: Policy, budget: Arc<FdBudget>) -> ShareFs {
+        ShareFs {
+            inner,
+            policy,
+            budget,
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one lookup of the inode an entry reply hands the guest. A
+    /// new inode costs a descriptor: with the budget spent, the library's
+    /// lookup is undone and the guest gets ENFILE; a known one is free
+    /// (revalidating what the guest already has never fails here).
+    fn hold_entry(&self, ctx: &Context, e: &Entry) -> io::Result<()> {
+        if e.inode == 0 || e.inode == ROOT_ID {
+            return Ok(());
+        }
+        let mut held = self.held();
+        if let Some(n) = held.inodes.get_mut(&e.inode) {
+            *n = n.saturating_add(1);
+            return Ok(());
+        }
+        if let Err(full) = self.budget.take() {
+            drop(held);
+            self.inner.forget(ctx, e.inode, 1);
+            return Err(full);
+        }
+        held.inodes.insert(e.inode, 1);
+        Ok(())
+    }
+
+    /// An entry-making call (mkdir, create, ...): the descriptor its new
+    /// inode needs is taken before the host is changed, so a spent budget
+    /// refuses it rather than creating a file the guest is told failed.
+    fn make_entry(&self, make: impl FnOnce() -> io::Result<Entry>) -> io::Result<Entry> {
+        self.budget.take()?;
+        match make() {
+            Ok(e) => {
+                let mut held = self.held();
+                match held.inodes.get_mut(&e.inode) {
+                    Some(n) => {
+                        *n = n.saturating_add(1);
+                        self.budget.give_back(1);
+                    }
+                    None if e.inode != 0 && e.inode != ROOT_ID => {
+                        held.inodes.insert(e.inode, 1);
+                    }
+                    None => self.budget.give_back(1),
+                }
+                Ok(e)
+            }
+            Err(e) => {
+                self.budget.give_back(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// The guest forgot `count` lookups of `inode`.
+    fn forgotten(&self, inode: u64, count: u64) {
+        let mut held = self.held();
+        let Some(n) = held.inodes.get_mut(&inode) else {
+            return;
+        };
+        *n = n.saturating_sub(count);
+        if *n == 0 {
+            held.inodes.remove(&inode);
+            self.budget.give_back(1);
+        }
+    }
+
+    /// Counts a handle an open returned (its descriptor was taken before
+    /// the open; given back when there is no new handle after all).
+    fn hold_handle(&self, handle: Option<u64>) {
+        let fresh = handle.is_some_and(|h| self.held().handles.insert(h));
+        if !fresh {
+            self.budget.give_back(1);
+        }
+    }
+
+    fn released(&self, handle: u64) {
+        if self.held().handles.remove(&handle) {
+            self.budget.give_back(1);
+        }
     }
 
     /// EROFS on a read-only share.
@@ -109,6 +219,22 @@ impl ShareFs {
     }
 }
 
+impl ShareFs {
+    fn give_back_all(&self) {
+        let mut held = self.held();
+        let n = held.inodes.len() + held.handles.len();
+        *held = Held::default();
+        self.budget.give_back(n);
+    }
+}
+
+/// A share taken out of the Vfs closes what it held.
+impl Drop for ShareFs {
+    fn drop(&mut self) {
+        self.give_back_all();
+    }
+}
+
 /// Whether open(2) flags ask for anything but reading.
 fn open_writes(flags: u32) -> bool {
     let flags = flags as i32;
@@ -137,20 +263,34 @@ impl FileSystem for ShareFs {
     }
 
     fn destroy(&self) {
-        self.inner.destroy()
+        // The library drops every inode but the root and every handle,
+        // then imports the share again, which sets the whole process's
+        // umask to 0: a guest's DESTROY would leave the helper creating
+        // its own files world-writable. Its umask goes back at once.
+        // SAFETY: umask(2) only swaps the process's mask.
+        let umask = unsafe { libc::umask(0o077) };
+        self.inner.destroy();
+        // SAFETY: as above.
+        unsafe { libc::umask(umask) };
+        self.give_back_all();
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
-        self.inner
-            .lookup(&self.ctx(ctx), parent, name)
-            .map(|e| self.show_entry(e))
+        let ctx = self.ctx(ctx);
+        let e = self.inner.lookup(&ctx, parent, name)?;
+        self.hold_entry(&ctx, &e)?;
+        Ok(self.show_entry(e))
     }
 
     fn forget(&self, ctx: &Context, inode: u64, count: u64) {
-        self.inner.forget(&self.ctx(ctx), inode, count)
+        self.inner.forget(&self.ctx(ctx), inode, count);
+        self.forgotten(inode, count);
     }
 
     fn batch_forget(&self, ctx: &Context, requests: Vec<(u64, u64)>) {
+        for &(inode, count) in &requests {
+            self.forgotten(inode, count);
+        }
         self.inner.batch_forget(&self.ctx(ctx), requests)
     }
 
@@ -207,8 +347,7 @@ impl FileSystem for ShareFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner
-            .symlink(&self.ctx(ctx), linkname, parent, name)
+        self.make_entry(|| self.inner.symlink(&self.ctx(ctx), linkname, parent, name))
             .map(|e| self.show_entry(e))
     }
 
@@ -227,9 +366,11 @@ impl FileSystem for ShareFs {
         if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
             return Err(err(libc::EPERM));
         }
-        self.inner
-            .mknod(&self.ctx(ctx), inode, name, mode, rdev, umask)
-            .map(|e| self.show_entry(e))
+        self.make_entry(|| {
+            self.inner
+                .mknod(&self.ctx(ctx), inode, name, mode, rdev, umask)
+        })
+        .map(|e| self.show_entry(e))
     }
 
     fn mkdir(
@@ -241,8 +382,7 @@ impl FileSystem for ShareFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        self.inner
-            .mkdir(&self.ctx(ctx), parent, name, mode, umask)
+        self.make_entry(|| self.inner.mkdir(&self.ctx(ctx), parent, name, mode, umask))
             .map(|e| self.show_entry(e))
     }
 
@@ -274,8 +414,7 @@ impl FileSystem for ShareFs {
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
-        self.inner
-            .link(&self.ctx(ctx), inode, newparent, newname)
+        self.make_entry(|| self.inner.link(&self.ctx(ctx), inode, newparent, newname))
             .map(|e| self.show_entry(e))
     }
 
@@ -291,7 +430,10 @@ impl FileSystem for ShareFs {
         }
         let ctx = self.ctx(ctx);
         self.openable(&ctx, inode)?;
-        self.inner.open(&ctx, inode, flags, fuse_flags)
+        self.budget.take()?;
+        let opened = self.inner.open(&ctx, inode, flags, fuse_flags);
+        self.hold_handle(opened.as_ref().ok().and_then(|o| o.0));
+        opened
     }
 
     fn create(
@@ -302,9 +444,24 @@ impl FileSystem for ShareFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
-        self.inner
-            .create(&self.ctx(ctx), parent, name, args)
-            .map(|(e, h, o, p)| (self.show_entry(e), h, o, p))
+        // The handle's descriptor first; the inode's is make_entry's.
+        self.budget.take()?;
+        let mut rest = None;
+        let made = self.make_entry(|| {
+            let (e, h, o, p) = self.inner.create(&self.ctx(ctx), parent, name, args)?;
+            rest = Some((h, o, p));
+            Ok(e)
+        });
+        match (made, rest) {
+            (Ok(e), Some((h, o, p))) => {
+                self.hold_handle(h);
+                Ok((self.show_entry(e), h, o, p))
+            }
+            (made, _) => {
+                self.budget.give_back(1);
+                Err(made.err().unwrap_or_else(|| err(libc::EIO)))
+            }
+        }
     }
 
     fn read(
@@ -399,7 +556,9 @@ impl FileSystem for ShareFs {
             flush,
             flock_release,
             lock_owner,
-        )
+        )?;
+        self.released(handle);
+        Ok(())
     }
 
     fn statfs(&self, ctx: &Context, inode: u64) -> io::Result<statvfs64> {
@@ -451,7 +610,10 @@ impl FileSystem for ShareFs {
         if open_writes(flags) {
             self.writable()?;
         }
-        self.inner.opendir(&self.ctx(ctx), inode, flags)
+        self.budget.take()?;
+        let opened = self.inner.opendir(&self.ctx(ctx), inode, flags);
+        self.hold_handle(opened.as_ref().ok().and_then(|o| o.0));
+        opened
     }
 
     fn readdir(
@@ -476,9 +638,30 @@ impl FileSystem for ShareFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
-        let mut shown = |d: DirEntry, e: Entry| add_entry(d, self.show_entry(e));
+        let ctx = self.ctx(ctx);
+        // Each entry is a lookup the library has already counted. Over
+        // budget it is undone here and the listing ends (ENFILE if it is
+        // the first entry); an entry that does not fit (0) the library
+        // forgets itself; one the reply refuses (an error) it does not,
+        // so that is undone here too.
+        let mut shown = |d: DirEntry, e: Entry| {
+            let ino = e.inode;
+            self.hold_entry(&ctx, &e)?;
+            match add_entry(d, self.show_entry(e)) {
+                Ok(0) => {
+                    self.forgotten(ino, 1);
+                    Ok(0)
+                }
+                Ok(n) => Ok(n),
+                Err(e) => {
+                    self.forgotten(ino, 1);
+                    self.inner.forget(&ctx, ino, 1);
+                    Err(e)
+                }
+            }
+        };
         self.inner
-            .readdirplus(&self.ctx(ctx), inode, handle, size, offset, &mut shown)
+            .readdirplus(&ctx, inode, handle, size, offset, &mut shown)
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
@@ -486,7 +669,10 @@ impl FileSystem for ShareFs {
     }
 
     fn releasedir(&self, ctx: &Context, inode: u64, flags: u32, handle: u64) -> io::Result<()> {
-        self.inner.releasedir(&self.ctx(ctx), inode, flags, handle)
+        self.inner
+            .releasedir(&self.ctx(ctx), inode, flags, handle)?;
+        self.released(handle);
+        Ok(())
     }
 
     fn setupmapping(

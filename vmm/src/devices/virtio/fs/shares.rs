@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
+use super::budget::FdBudget;
 use super::share_fs::{Policy, ShareFs};
 
 /// The Vfs numbers its file systems with a byte; keep well inside it.
@@ -26,6 +27,9 @@ pub struct Shares {
     pub(super) vfs: Arc<Vfs>,
     names: Mutex<HashMap<String, u8>>,
     next: Mutex<u64>,
+    /// Descriptors the FUSE server may hold for the guest, across every
+    /// share (see [`FdBudget`]).
+    pub(super) budget: Arc<FdBudget>,
 }
 
 impl Default for Shares {
@@ -35,12 +39,32 @@ impl Default for Shares {
 }
 
 impl Shares {
+    /// Shares whose descriptor budget is the open-file limit less a
+    /// reserve for the helper ([`super::budget::from_rlimit`]), computed
+    /// now and again when the VM's device is made (the kvm backend lifts
+    /// the limit in between).
     pub fn new() -> Shares {
+        Self::with_budget(FdBudget::from_limit())
+    }
+
+    /// Shares whose FUSE server holds at most `limit` descriptors for the
+    /// guest (inodes it knows plus handles it has open).
+    pub fn with_fd_budget(limit: usize) -> Shares {
+        Self::with_budget(FdBudget::fixed(limit))
+    }
+
+    fn with_budget(budget: FdBudget) -> Shares {
         Shares {
             vfs: Arc::new(Vfs::new(VfsOptions::default())),
             names: Mutex::default(),
             next: Mutex::new(1),
+            budget: Arc::new(budget),
         }
+    }
+
+    /// The descriptor budget: how much of it the guest holds, and its size.
+    pub fn fd_budget(&self) -> &FdBudget {
+        &self.budget
     }
 
     /// Exports `dir`; the name the guest finds it under in the device.
@@ -90,7 +114,11 @@ impl Shares {
         let index = self
             .vfs
             .mount(
-                Box::new(ShareFs::new(fs, Policy { read_only, owner })),
+                Box::new(ShareFs::new(
+                    fs,
+                    Policy { read_only, owner },
+                    self.budget.clone(),
+                )),
                 &format!("/{name}"),
             )
             .map_err(|e| ShareError::Backend(shown, format!("{e:?}")))?;

@@ -20,10 +20,14 @@ use crate::devices::virtio::VirtioDevice;
 const REQ: u64 = 0x10_0000;
 const REPLY: u64 = 0x20_0000;
 const ROOT: u64 = 1;
+/// Where the high-priority queue's rings are.
+const HIPRIO: u64 = 0x8_0000;
 
 struct Guest {
     mem: &'static GuestMemoryMmap,
     vq: MockSplitQueue<'static, GuestMemoryMmap>,
+    /// The high-priority queue (0): FORGET and BATCH_FORGET, no replies.
+    hiprio: MockSplitQueue<'static, GuestMemoryMmap>,
     queues: Vec<Queue>,
     dev: Fs,
     seen: u16,
@@ -45,10 +49,12 @@ impl Guest {
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),
         ));
         let vq = MockSplitQueue::create(mem, GuestAddress(0), 16);
-        let queues = vec![vq.create_queue().unwrap(), vq.create_queue().unwrap()];
+        let hiprio = MockSplitQueue::create(mem, GuestAddress(HIPRIO), 16);
+        let queues = vec![hiprio.create_queue().unwrap(), vq.create_queue().unwrap()];
         let mut g = Guest {
             mem,
             vq,
+            hiprio,
             queues,
             dev: Fs::new(TAG, shares),
             seen: 0,
@@ -167,6 +173,7 @@ fn cstr(s: &str) -> Vec<u8> {
     v
 }
 
+mod budget;
 mod policy;
 
 #[test]
