@@ -248,6 +248,41 @@ fn signals_exit_codes_stdin_and_token_in_the_sandbox() {
     assert!(!h.log_text().contains("SECRET"));
 }
 
+/// The helper's environment (the desktop app's: API keys, tokens) stays
+/// out of the sandbox; the spawn's own `env` gets in.
+#[test]
+fn helper_environment_does_not_reach_the_sandbox() {
+    if !bwrap_usable("helper_environment_does_not_reach_the_sandbox") {
+        return;
+    }
+    let h = Helper::start_with(|c| {
+        c.env("COWORK_MICROVM_BACKEND", "bwrap")
+            .env("COWORK_TEST_SECRET", "s3cret")
+            .env("GITHUB_TOKEN", "ghp_s3cret")
+            .env("LC_TIME", "C");
+    });
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let mut s = spawn_params("env", "s1", "/usr/bin/env", &[]);
+    s["env"] = json!({"FROM_SPAWN": "yes"});
+    p.ok("spawn", s);
+    let out = ev.until_exit("env").stdout;
+    let keys: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.lines().any(|l| l == "FROM_SPAWN=yes"), "{out}");
+    assert!(out.lines().any(|l| l == "LC_TIME=C"), "{out}");
+    for k in ["HOME", "TMPDIR", "HTTPS_PROXY", "PATH"] {
+        assert!(keys.contains(&k), "{k} missing: {out}");
+    }
+    for k in [
+        "XDG_RUNTIME_DIR",
+        "COWORK_VM_LOG_FILE",
+        "COWORK_MICROVM_BACKEND",
+    ] {
+        assert!(!keys.contains(&k), "{k} leaked: {out}");
+    }
+}
+
 #[test]
 fn refused_mounts_are_listed_and_the_session_still_starts() {
     if !bwrap_usable("refused_mounts_are_listed_and_the_session_still_starts") {

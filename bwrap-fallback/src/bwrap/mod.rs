@@ -1,6 +1,7 @@
 //! The bubblewrap backend's parts: the probe, the user's extra mounts, the
-//! sandbox command line, and `sandbox-init`, the sandbox's pid 1.
+//! environment it inherits, the sandbox command line, and `sandbox-init`, the sandbox's pid 1.
 
+pub mod env;
 pub mod init;
 pub mod probe;
 pub mod sandbox;

@@ -183,6 +183,8 @@ impl BwrapSetup {
         })
     }
 
+    /// The bwrap command for one process. `base` is the helper's
+    /// environment: only what [`super::env::passes`] survives of it.
     pub fn launch(
         &self,
         sp: &SessionPaths,
@@ -231,8 +233,9 @@ impl BwrapSetup {
             args: &req.args,
         });
         let proxy = format!("http://{PROXY_LISTEN}");
-        let mut base = base;
-        base.retain(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "XDG_RUNTIME_DIR"));
+        // Only an explicit list of the helper's variables: its environment
+        // may hold the user's credentials (env.rs).
+        let mut base = super::env::inherited(base);
         base.extend([
             ("HOME".into(), home.to_string_lossy().into_owned()),
             ("TMPDIR".into(), "/tmp".into()),
