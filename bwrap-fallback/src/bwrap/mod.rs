@@ -4,6 +4,7 @@
 pub mod env;
 pub mod init;
 pub mod probe;
+pub mod runtime_dir;
 pub mod sandbox;
 pub mod user_config;
 

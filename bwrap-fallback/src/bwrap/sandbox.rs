@@ -199,7 +199,7 @@ impl BwrapSetup {
         if !rejected.is_empty() {
             tracing::warn!(session = %req.name, "allowedDomains entries ignored: {}", rejected.join(", "));
         }
-        cowork_backend::session_data::create_private_dir(&self.runtime_dir)?;
+        super::runtime_dir::ensure(&self.runtime_dir)?;
         let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         let sock = self.runtime_dir.join(format!("p{n}.sock"));
         let status_file = self.runtime_dir.join(format!("p{n}.status"));
