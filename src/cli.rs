@@ -202,6 +202,9 @@ pub struct BenchArgs {
 /// Rewrites the app's and the community launcher's argument forms into
 /// this CLI's: a leading `...cowork-vm-service.js` is dropped, `-socket P`
 /// and `-socket=P` become `serve --socket P`, and no arguments means `serve`.
+/// Only `serve`'s own flags are rewritten: never another subcommand's
+/// arguments (`run -- grep -socket f` runs exactly that), nor anything
+/// after `--`.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let mut args: Vec<OsString> = args.into_iter().collect();
     if args.len() > 1 && args[1].to_string_lossy().ends_with("cowork-vm-service.js") {
@@ -215,11 +218,24 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         }
         _ => {}
     }
+    if args.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return args;
+    }
+    let mut flags = true;
     args.into_iter()
-        .map(|a| match a.to_str() {
-            Some("-socket") => "--socket".into(),
-            Some(s) if s.starts_with("-socket=") => format!("-{s}").into(),
-            _ => a,
+        .map(|a| {
+            if !flags {
+                return a;
+            }
+            match a.to_str() {
+                Some("--") => {
+                    flags = false;
+                    a
+                }
+                Some("-socket") => "--socket".into(),
+                Some(s) if s.starts_with("-socket=") => format!("-{s}").into(),
+                _ => a,
+            }
         })
         .collect()
 }
@@ -274,5 +290,18 @@ mod tests {
         assert_eq!(r.sdk.as_deref(), Some(std::path::Path::new("/s/2.1")));
         assert_eq!(r.env, ["A=1", "B=x=y"]);
         assert_eq!(r.command, ["claude", "-p", "hi"]);
+        // A command's own `-socket` is its business.
+        assert_eq!(
+            norm(&["h", "run", "--", "grep", "-socket", "f"]),
+            ["h", "run", "--", "grep", "-socket", "f"]
+        );
+        assert_eq!(
+            norm(&["h", "run", "grep", "-socket=x"]),
+            ["h", "run", "grep", "-socket=x"]
+        );
+        assert_eq!(
+            norm(&["h", "serve", "-socket", "/s", "--", "-socket"]),
+            ["h", "serve", "--socket", "/s", "--", "-socket"]
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Which backend serves, decided the way the community daemon decides
 //! (backends.md): an explicit choice, else bwrap if it works, else kvm if it
-//! can run here, else host with a loud warning.
+//! can run here, else host with a loud warning. A bwrap that is installed
+//! but cannot create namespaces falls through to kvm like a missing one:
+//! host, with no isolation at all, is only the last resort.
 
 use serde::Serialize;
 
@@ -143,44 +145,37 @@ pub fn select(forced: Option<(&str, &str)>) -> Selection {
             )),
         }
     }
-    let pick = |chosen: Kind, usable: bool, why: String, mut notes: Vec<String>| {
-        if chosen != Kind::Kvm && kvm.usable {
-            notes.push("kvm is usable here: COWORK_MICROVM_BACKEND=kvm gives VM isolation".into());
-        }
-        Selection {
-            chosen,
-            usable,
-            why,
-            probes: probes.clone(),
-            notes,
-        }
-    };
-    if find_on_path("bwrap").is_some() && !bwrap.usable {
-        notes.push(format!("bwrap is installed but unusable: {}", bwrap.detail));
-        return pick(
-            Kind::Host,
-            true,
-            "bwrap is installed but cannot run (not falling through to kvm)".into(),
-            notes,
-        );
-    }
-    if bwrap.usable {
-        return pick(Kind::Bwrap, true, "bwrap works".into(), notes);
-    }
-    if kvm.usable {
-        return pick(
-            Kind::Kvm,
-            true,
-            "/dev/kvm and a verified guest image are present".into(),
-            notes,
-        );
-    }
-    pick(
-        Kind::Host,
-        true,
-        "no sandboxed backend is usable".into(),
+    let (chosen, why) = detect(&bwrap, find_on_path("bwrap").is_some(), &kvm, &mut notes);
+    Selection {
+        chosen,
+        usable: true,
+        why,
+        probes,
         notes,
-    )
+    }
+}
+
+/// The automatic choice: bwrap, then kvm, then host.
+fn detect(
+    bwrap: &Probe,
+    bwrap_installed: bool,
+    kvm: &Probe,
+    notes: &mut Vec<String>,
+) -> (Kind, String) {
+    if bwrap_installed && !bwrap.usable {
+        notes.push(format!("bwrap is installed but unusable: {}", bwrap.detail));
+    }
+    let (chosen, why) = if bwrap.usable {
+        (Kind::Bwrap, "bwrap works")
+    } else if kvm.usable {
+        (Kind::Kvm, "/dev/kvm and a guest image are present")
+    } else {
+        (Kind::Host, "no sandboxed backend is usable")
+    };
+    if chosen == Kind::Bwrap && kvm.usable {
+        notes.push("kvm is usable here: COWORK_MICROVM_BACKEND=kvm gives VM isolation".into());
+    }
+    (chosen, why.into())
 }
 
 #[cfg(test)]
@@ -194,5 +189,36 @@ mod tests {
         assert_eq!(s.chosen, Kind::Host);
         let s = select(Some(("qemu", "test")));
         assert!(s.notes.iter().any(|n| n.contains("not a backend")));
+    }
+
+    fn probe(backend: Kind, usable: bool) -> Probe {
+        Probe {
+            backend,
+            usable,
+            detail: "d".into(),
+            fix: None,
+        }
+    }
+
+    /// bwrap, then kvm, then host; a broken bwrap does not stop kvm.
+    #[test]
+    fn detection_order() {
+        let kind = |bwrap: bool, installed: bool, kvm: bool| {
+            let mut notes = Vec::new();
+            let (k, _) = detect(
+                &probe(Kind::Bwrap, bwrap),
+                installed,
+                &probe(Kind::Kvm, kvm),
+                &mut notes,
+            );
+            (k, notes)
+        };
+        assert_eq!(kind(true, true, true).0, Kind::Bwrap);
+        assert_eq!(kind(false, false, true).0, Kind::Kvm);
+        let (k, notes) = kind(false, true, true);
+        assert_eq!(k, Kind::Kvm, "installed but unusable bwrap falls through");
+        assert!(notes.iter().any(|n| n.contains("installed but unusable")));
+        assert_eq!(kind(false, true, false).0, Kind::Host);
+        assert_eq!(kind(false, false, false).0, Kind::Host);
     }
 }

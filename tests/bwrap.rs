@@ -1,7 +1,7 @@
 //! The bwrap backend end to end: the sandbox's layout, its network (none
 //! but the egress proxy), process teardown, and the user's mount config.
-//! Needs a working bubblewrap (`.ci/run` installs Debian's); each test says
-//! SKIP and why when bwrap cannot run here.
+//! Needs a working bubblewrap (`.ci/run` installs Debian's); without one
+//! the tests are ignored, with the reason (build.rs).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -19,10 +19,11 @@ fn bwrap_usable(test: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    if !ok {
-        eprintln!("SKIP {test}: bubblewrap is not installed or cannot create namespaces here");
-    }
-    ok
+    require(
+        ok,
+        test,
+        "bubblewrap is not installed or cannot create namespaces here",
+    )
 }
 
 fn bwrap_helper() -> Helper {
@@ -38,6 +39,10 @@ fn mounts(h: &Helper) -> serde_json::Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn sandbox_layout_hides_home_and_enforces_modes() {
     if !bwrap_usable("sandbox_layout_hides_home_and_enforces_modes") {
         return;
@@ -96,6 +101,10 @@ fn upstream() -> (u16, std::thread::JoinHandle<()>) {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn network_is_the_egress_proxy_and_nothing_else() {
     if !bwrap_usable("network_is_the_egress_proxy_and_nothing_else") {
         return;
@@ -175,6 +184,10 @@ fn wait_gone(marker: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn killed_and_stopped_sessions_leave_no_process_behind() {
     if !bwrap_usable("killed_and_stopped_sessions_leave_no_process_behind") {
         return;
@@ -211,6 +224,10 @@ fn killed_and_stopped_sessions_leave_no_process_behind() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn signals_exit_codes_stdin_and_token_in_the_sandbox() {
     if !bwrap_usable("signals_exit_codes_stdin_and_token_in_the_sandbox") {
         return;
@@ -248,7 +265,50 @@ fn signals_exit_codes_stdin_and_token_in_the_sandbox() {
     assert!(!h.log_text().contains("SECRET"));
 }
 
+/// The helper's environment (the desktop app's: API keys, tokens) stays
+/// out of the sandbox; the spawn's own `env` gets in.
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
+fn helper_environment_does_not_reach_the_sandbox() {
+    if !bwrap_usable("helper_environment_does_not_reach_the_sandbox") {
+        return;
+    }
+    let h = Helper::start_with(|c| {
+        c.env("COWORK_MICROVM_BACKEND", "bwrap")
+            .env("COWORK_TEST_SECRET", "s3cret")
+            .env("GITHUB_TOKEN", "ghp_s3cret")
+            .env("LC_TIME", "C");
+    });
+    let mut ev = h.subscribe();
+    let p = h.started();
+    let mut s = spawn_params("env", "s1", "/usr/bin/env", &[]);
+    s["env"] = json!({"FROM_SPAWN": "yes"});
+    p.ok("spawn", s);
+    let out = ev.until_exit("env").stdout;
+    let keys: Vec<&str> = out.lines().filter_map(|l| l.split('=').next()).collect();
+    assert!(!out.contains("s3cret"), "{out}");
+    assert!(out.lines().any(|l| l == "FROM_SPAWN=yes"), "{out}");
+    assert!(out.lines().any(|l| l == "LC_TIME=C"), "{out}");
+    for k in ["HOME", "TMPDIR", "HTTPS_PROXY", "PATH"] {
+        assert!(keys.contains(&k), "{k} missing: {out}");
+    }
+    for k in [
+        "XDG_RUNTIME_DIR",
+        "COWORK_VM_LOG_FILE",
+        "COWORK_MICROVM_BACKEND",
+    ] {
+        assert!(!keys.contains(&k), "{k} leaked: {out}");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn refused_mounts_are_listed_and_the_session_still_starts() {
     if !bwrap_usable("refused_mounts_are_listed_and_the_session_still_starts") {
         return;
@@ -276,6 +336,10 @@ fn refused_mounts_are_listed_and_the_session_still_starts() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn user_mount_config_is_applied_and_bad_config_ignored() {
     if !bwrap_usable("user_mount_config_is_applied_and_bad_config_ignored") {
         return;
@@ -316,6 +380,10 @@ fn user_mount_config_is_applied_and_bad_config_ignored() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn api_reachability_is_probed_after_start() {
     if !bwrap_usable("api_reachability_is_probed_after_start") {
         return;
@@ -356,6 +424,10 @@ fn api_reachability_is_probed_after_start() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
 fn doctor_reports_bwrap_usable() {
     if !bwrap_usable("doctor_reports_bwrap_usable") {
         return;

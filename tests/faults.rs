@@ -106,11 +106,10 @@ fn helper_killed_mid_session_is_restarted_in_place_with_the_work_intact() {
 }
 
 #[test]
+#[cfg_attr(not(has_root), ignore = "mounting a small tmpfs needs root")]
 fn a_full_disk_fails_the_write_not_the_helper() {
-    if !is_root() {
-        eprintln!(
-            "SKIP a_full_disk_fails_the_write_not_the_helper: mounting a small tmpfs needs root"
-        );
+    let test = "a_full_disk_fails_the_write_not_the_helper";
+    if !require(is_root(), test, "mounting a small tmpfs needs root") {
         return;
     }
     let h = Helper::start();
@@ -119,8 +118,11 @@ fn a_full_disk_fails_the_write_not_the_helper() {
         .args(["-t", "tmpfs", "-o", "size=1m", "cowork-full"])
         .arg(&small)
         .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP a_full_disk_fails_the_write_not_the_helper: cannot mount a tmpfs here");
+    if !require(
+        mounted.is_ok_and(|s| s.success()),
+        test,
+        "cannot mount a tmpfs here",
+    ) {
         return;
     }
     struct Unmount(std::path::PathBuf);

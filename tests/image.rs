@@ -3,7 +3,9 @@
 //! (QEMU TCG, `-M microvm`, the rootfs on virtio-blk).
 //!
 //! `.ci/run` builds the image first (`make image IMAGE_DIR=target/images`)
-//! and points COWORK_VM_IMAGE_DIR at it; without one these tests say SKIP.
+//! and points COWORK_VM_IMAGE_DIR at it; without one (or without QEMU,
+//! the static agent, the rootfs tools) these tests are ignored, with the
+//! reason (build.rs).
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::BIN;
+use common::{require, BIN};
 
 fn image_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("COWORK_VM_IMAGE_DIR").map(PathBuf::from)?;
@@ -36,15 +38,25 @@ fn have(tool: &str) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_static_agent),
+    ignore = "no static agent; run `make agent` (or `make image`)"
+)]
+#[cfg_attr(
+    all(has_static_agent, not(has_rootfs_tools)),
+    ignore = "needs e2fsprogs and busybox-static"
+)]
 fn minimal_rootfs_builds_reproducibly() {
-    let Some(agent) = static_agent() else {
-        eprintln!("SKIP minimal_rootfs_builds_reproducibly: no static agent; run `make agent` (or `make image`)");
-        return;
-    };
-    if !have("mke2fs") || !have("debugfs") || !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIP minimal_rootfs_builds_reproducibly: needs e2fsprogs and busybox-static");
+    let test = "minimal_rootfs_builds_reproducibly";
+    let agent = static_agent();
+    if !require(agent.is_some(), test, "no static agent; run `make agent`") {
         return;
     }
+    let tools = have("mke2fs") && have("debugfs") && Path::new("/bin/busybox").exists();
+    if !require(tools, test, "needs e2fsprogs and busybox-static") {
+        return;
+    }
+    let Some(agent) = agent else { return };
     let t = tempfile::tempdir().unwrap();
     let mut hashes = Vec::new();
     for run in ["a", "b"] {
@@ -132,17 +144,32 @@ fn minimal_rootfs_builds_reproducibly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_image),
+    ignore = "no image; run `make image` and set COWORK_VM_IMAGE_DIR"
+)]
+#[cfg_attr(
+    all(has_image, not(has_qemu)),
+    ignore = "qemu-system-x86 is not installed"
+)]
 fn kernel_and_rootfs_boot_to_the_agent_under_qemu() {
-    let Some(dir) = image_dir() else {
-        eprintln!("SKIP kernel_and_rootfs_boot_to_the_agent_under_qemu: no image; run `make image` and set COWORK_VM_IMAGE_DIR");
-        return;
-    };
-    if !have("qemu-system-x86_64") {
-        eprintln!(
-            "SKIP kernel_and_rootfs_boot_to_the_agent_under_qemu: qemu-system-x86 is not installed"
-        );
+    let test = "kernel_and_rootfs_boot_to_the_agent_under_qemu";
+    let dir = image_dir();
+    if !require(
+        dir.is_some(),
+        test,
+        "no image; run `make image` and set COWORK_VM_IMAGE_DIR",
+    ) {
         return;
     }
+    if !require(
+        have("qemu-system-x86_64"),
+        test,
+        "qemu-system-x86 is not installed",
+    ) {
+        return;
+    }
+    let Some(dir) = dir else { return };
     let verify = Command::new(BIN)
         .args(["image", "verify", "--dir"])
         .arg(&dir)

@@ -6,20 +6,35 @@
 //! Needs the image (`make image`, COWORK_VM_IMAGE_DIR) and qemu-system-x86.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::require;
+
 #[test]
+#[cfg_attr(
+    not(has_image),
+    ignore = "no guest image; run `make image` and set COWORK_VM_IMAGE_DIR"
+)]
+#[cfg_attr(
+    all(has_image, not(all(has_qemu, has_cpio))),
+    ignore = "needs qemu-system-x86 and cpio"
+)]
 fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
-    let Some(images) = std::env::var_os("COWORK_VM_IMAGE_DIR")
+    let test = "nested harness";
+    let images = std::env::var_os("COWORK_VM_IMAGE_DIR")
         .map(PathBuf::from)
-        .filter(|d| d.join("manifest.json").is_file())
-    else {
-        eprintln!(
-            "SKIP nested harness: no guest image; run `make image` and set COWORK_VM_IMAGE_DIR"
-        );
+        .filter(|d| d.join("manifest.json").is_file());
+    if !require(
+        images.is_some(),
+        test,
+        "no guest image; run `make image` and set COWORK_VM_IMAGE_DIR",
+    ) {
         return;
-    };
+    }
+    let Some(images) = images else { return };
     let have = |t: &str| {
         Command::new("sh")
             .arg("-c")
@@ -28,8 +43,11 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
             .map(|o| o.status.success())
             .unwrap_or(false)
     };
-    if !have("qemu-system-x86_64") || !have("cpio") {
-        eprintln!("SKIP nested harness: needs qemu-system-x86 and cpio");
+    if !require(
+        have("qemu-system-x86_64") && have("cpio"),
+        test,
+        "needs qemu-system-x86 and cpio",
+    ) {
         return;
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/nested/e2e-nested.sh");

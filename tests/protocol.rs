@@ -450,11 +450,11 @@ fn community_launcher_form_is_accepted() {
 }
 
 #[test]
+#[cfg_attr(not(has_root), ignore = "needs root to connect as another uid")]
+#[cfg_attr(all(has_root, not(has_python3)), ignore = "needs python3")]
 fn another_uid_is_refused_by_peer_credentials() {
-    if !is_root() {
-        eprintln!(
-            "SKIP another_uid_is_refused_by_peer_credentials: needs root to connect as another uid"
-        );
+    let test = "another_uid_is_refused_by_peer_credentials";
+    if !require(is_root(), test, "needs root to connect as another uid") {
         return;
     }
     let h = Helper::start();
@@ -483,7 +483,7 @@ except (BrokenPipeError, ConnectionResetError):
     let out = match out {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("SKIP another_uid_is_refused_by_peer_credentials: cannot run python3: {e}");
+            require(false, test, &format!("cannot run python3: {e}"));
             return;
         }
     };

@@ -320,6 +320,10 @@ impl Backend for LocalBackend {
                 st.sdk.clone(),
             )
         };
+        // The helper's whole environment. The host backend passes it all on:
+        // its process runs as the user with the user's files and network
+        // anyway, and behaves like a command from the user's shell. The
+        // bwrap launch keeps only a short list of it (bwrap/env.rs).
         let base: Vec<(String, String)> = std::env::vars().collect();
         let launch = match &self.isolation {
             Isolation::Host => {

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +87,33 @@ pub fn parse_exit_record(text: &str) -> Option<(Option<i32>, Option<String>)> {
         }
         _ => None,
     }
+}
+
+/// The longest exit record read back; a real one is under 20 bytes.
+const EXIT_RECORD_LIMIT: u64 = 64;
+
+/// Reads the exit record at `path`, at most [`EXIT_RECORD_LIMIT`] bytes.
+/// The file is bound writable into the sandbox, so the session may have
+/// filled it with anything: an oversized one is ignored, not read.
+pub fn read_exit_record(path: &Path) -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW, O_NONBLOCK: the helper made a plain file; anything else
+    // there is not read, and a FIFO must not park the thread.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut buf = Vec::new();
+    f.take(EXIT_RECORD_LIMIT + 1).read_to_end(&mut buf).ok()?;
+    if buf.len() as u64 > EXIT_RECORD_LIMIT {
+        return None;
+    }
+    String::from_utf8(buf).ok()
 }
 
 /// The direct children of `pid`, from /proc.
@@ -244,7 +271,7 @@ impl ProcessTable {
             }
         }
         let recorded = exit_record.as_ref().and_then(|p| {
-            let text = std::fs::read_to_string(p).ok();
+            let text = read_exit_record(p);
             let _ = std::fs::remove_file(p);
             text.as_deref().and_then(parse_exit_record)
         });
@@ -483,6 +510,23 @@ async fn feed_stdin(mut stdin: tokio::process::ChildStdin, mut rx: mpsc::Receive
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_records_are_read_bounded() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("status");
+        std::fs::write(&p, "exit 3").unwrap();
+        assert_eq!(read_exit_record(&p).as_deref(), Some("exit 3"));
+        std::fs::write(&p, format!("exit 3{}", " ".repeat(1 << 20))).unwrap();
+        assert_eq!(read_exit_record(&p), None, "oversized: ignored");
+        std::fs::remove_file(&p).unwrap();
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert_eq!(read_exit_record(&p), None, "a FIFO is not waited on");
+        let link = t.path().join("link");
+        std::fs::write(t.path().join("real"), "exit 1").unwrap();
+        std::os::unix::fs::symlink(t.path().join("real"), &link).unwrap();
+        assert_eq!(read_exit_record(&link), None, "symlinks are not followed");
+    }
 
     #[test]
     fn exit_record_forms() {

@@ -4,6 +4,9 @@
 //! sandbox); the kvm backend offers the same over vsock. Used by both
 //! sandboxes (bwrap and kvm), so it lives in a crate of its own.
 
+pub mod address;
+pub mod denials;
+pub mod dial;
 pub mod listener;
 pub mod policy;
 pub mod probe;

@@ -47,7 +47,9 @@ impl EgressListener {
                         Outcome::UpstreamFailed { host, error } => {
                             tracing::debug!(session = %session, "egress to {host} failed: {error}")
                         }
-                        Outcome::Denied { .. } | Outcome::BadRequest(_) => {}
+                        Outcome::Denied { .. }
+                        | Outcome::Blocked { .. }
+                        | Outcome::BadRequest(_) => {}
                     }
                     drop(permit);
                 });

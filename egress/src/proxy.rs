@@ -5,24 +5,42 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-
+use crate::dial::{dial, DialError, Resolver, SystemResolver};
 use crate::policy::{normalize_host, Policy};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The request line and headers must fit in this.
 const MAX_HEAD: usize = 32 * 1024;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Marks a refusal by the policy, for clients and tests to tell it from an
+/// upstream's own 403.
+const REFUSAL_HEADER: &str = "X-Proxy-Error: blocked-by-allowlist";
 
 /// What happened to one proxied conversation, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Tunnelled { host: String, port: u16 },
-    Forwarded { host: String, port: u16 },
-    Denied { host: String },
+    Tunnelled {
+        host: String,
+        port: u16,
+    },
+    Forwarded {
+        host: String,
+        port: u16,
+    },
+    /// Not in the allowlist.
+    Denied {
+        host: String,
+    },
+    /// Allowed by name, but every address it has is internal and it was not
+    /// allowed exactly (docs/egress.md).
+    Blocked {
+        host: String,
+    },
     BadRequest(String),
-    UpstreamFailed { host: String, error: String },
+    UpstreamFailed {
+        host: String,
+        error: String,
+    },
 }
 
 struct Head {
@@ -129,12 +147,14 @@ async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: &str, body: &str) {
     let _ = s.shutdown().await;
 }
 
-async fn dial(host: &str, port: u16) -> Result<TcpStream, String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
-    }
+/// `403` for a destination the policy refuses.
+async fn refuse<S: AsyncWrite + Unpin>(s: &mut S, body: &str) {
+    let msg = format!(
+        "HTTP/1.1 403 Forbidden\r\n{REFUSAL_HEADER}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all(msg.as_bytes()).await;
+    let _ = s.shutdown().await;
 }
 
 /// Serves one proxy conversation on `client` under `policy`.
@@ -169,10 +189,20 @@ fn proxy_password(headers: &[String]) -> Option<String> {
 /// gets the proxy password the client sent (a VM's sessions share one
 /// transport, so each carries its own credential) and returns the
 /// policy, or `None` to answer 407.
-pub async fn serve_with<S, F>(mut client: S, choose: F) -> Outcome
+pub async fn serve_with<S, F>(client: S, choose: F) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(Option<&str>) -> Option<std::sync::Arc<Policy>>,
+{
+    serve_using(client, choose, &SystemResolver).await
+}
+
+/// [`serve_with`], resolving names with `resolver`.
+pub async fn serve_using<S, F, R>(mut client: S, choose: F, resolver: &R) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Option<&str>) -> Option<std::sync::Arc<Policy>>,
+    R: Resolver,
 {
     let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
         Ok(h) => h,
@@ -219,19 +249,30 @@ where
             return Outcome::BadRequest(e);
         }
     };
-    if !policy.allows(&host) {
-        tracing::warn!(host = %host, "egress denied: {host} is not in this session's allowedDomains");
-        respond(
+    let Some(reach) = policy.check(&host) else {
+        policy.log_denial(&host, "is not in this session's allowedDomains");
+        refuse(
             &mut client,
-            "403 Forbidden",
             &format!("cowork egress proxy: {host} is not in this session's allowed domains\n"),
         )
         .await;
         return Outcome::Denied { host };
-    }
-    let mut upstream = match dial(&host, port).await {
+    };
+    let mut upstream = match dial(&host, port, reach, resolver).await {
         Ok(u) => u,
-        Err(error) => {
+        Err(DialError::Blocked) => {
+            policy.log_denial(
+                &host,
+                "resolves only to internal addresses, which only an exact allowedDomains entry may reach",
+            );
+            refuse(
+                &mut client,
+                &format!("cowork egress proxy: {host} is on a local or private network, which only an exact host name in the allowed domains may reach\n"),
+            )
+            .await;
+            return Outcome::Blocked { host };
+        }
+        Err(DialError::Failed(error)) => {
             respond(
                 &mut client,
                 "502 Bad Gateway",
@@ -350,6 +391,8 @@ mod tests {
             }
         );
         assert!(reply.starts_with("HTTP/1.1 403"));
+        assert!(reply.contains("\r\nX-Proxy-Error: blocked-by-allowlist\r\n"));
+        assert!(reply.contains("example.com"), "the body names the host");
         let (o, _) = talk(
             &Policy::deny_all(),
             "GET http://localhost/ HTTP/1.1\r\n\r\n",
@@ -405,6 +448,142 @@ mod tests {
         assert!(
             reply.starts_with("HTTP/1.1 407"),
             "malformed credentials: {reply}"
+        );
+    }
+
+    /// Resolves every name to one fixed address and counts the lookups.
+    struct FixedResolver {
+        ip: std::net::IpAddr,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Resolver for FixedResolver {
+        async fn resolve(&self, _: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(vec![std::net::SocketAddr::new(self.ip, port)])
+        }
+    }
+
+    /// A request through the proxy whose names all resolve to `ip`.
+    async fn talk_resolving(
+        policy: &Policy,
+        request: &str,
+        resolver: std::sync::Arc<FixedResolver>,
+    ) -> (Outcome, String) {
+        let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+        let policy = std::sync::Arc::new(policy.clone());
+        let server =
+            tokio::spawn(async move { serve_using(theirs, |_| Some(policy), &*resolver).await });
+        ours.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), ours.read_to_end(&mut out)).await;
+        drop(ours);
+        // A proxy that connected to a listener that never answers would
+        // wait forever: fail instead of hanging.
+        let outcome = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the proxy is still busy: did it connect upstream?")
+            .unwrap();
+        (outcome, String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn loopback_resolver() -> std::sync::Arc<FixedResolver> {
+        std::sync::Arc::new(FixedResolver {
+            ip: "127.0.0.1".parse().unwrap(),
+            lookups: Default::default(),
+        })
+    }
+
+    /// Whether anything connected to `l` (it never answers).
+    async fn was_contacted(l: &TcpListener) -> bool {
+        tokio::time::timeout(Duration::from_millis(200), l.accept())
+            .await
+            .is_ok()
+    }
+
+    /// A wildcard entry's subdomain pointed (by whoever runs its DNS) at
+    /// the host's loopback is refused before any connection.
+    #[tokio::test]
+    async fn wildcard_names_cannot_reach_internal_addresses() {
+        let (pol, _) = Policy::new(&["*.example.test".into()]);
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let resolver = loopback_resolver();
+        for req in [
+            format!("CONNECT inward.example.test:{port} HTTP/1.1\r\n\r\n"),
+            format!("GET http://inward.example.test:{port}/ HTTP/1.1\r\n\r\n"),
+        ] {
+            let (o, reply) = talk_resolving(&pol, &req, resolver.clone()).await;
+            assert_eq!(
+                o,
+                Outcome::Blocked {
+                    host: "inward.example.test".into()
+                }
+            );
+            assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+            assert!(reply.contains("\r\nX-Proxy-Error: blocked-by-allowlist\r\n"));
+            assert!(reply.contains("inward.example.test"), "body names the host");
+        }
+        assert!(!was_contacted(&l).await, "no connection was attempted");
+    }
+
+    /// An exact entry may be on the local network (a user's gateway).
+    #[tokio::test]
+    async fn exact_names_may_resolve_to_internal_addresses() {
+        let (pol, _) = Policy::new(&["gw.example.test".into()]);
+        let (port, seen) = upstream().await;
+        let resolver = loopback_resolver();
+        let (o, reply) = talk_resolving(
+            &pol,
+            &format!(
+                "GET http://gw.example.test:{port}/in HTTP/1.1\r\nHost: gw.example.test\r\n\r\n"
+            ),
+            resolver.clone(),
+        )
+        .await;
+        assert_eq!(
+            o,
+            Outcome::Forwarded {
+                host: "gw.example.test".into(),
+                port
+            }
+        );
+        assert!(reply.ends_with("hi"), "{reply}");
+        assert!(seen.await.unwrap().starts_with("GET /in HTTP/1.1"));
+        assert_eq!(
+            resolver.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+    }
+
+    /// IP literals are never internal destinations, even listed exactly,
+    /// and are refused without a lookup or a connection.
+    #[tokio::test]
+    async fn internal_ip_literals_are_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let resolver = loopback_resolver();
+        for (entry, authority) in [
+            ("10.0.0.1", "10.0.0.1:80".to_string()),
+            ("::ffff:127.0.0.1", format!("[::ffff:127.0.0.1]:{port}")),
+            ("127.0.0.1", format!("127.0.0.1:{port}")),
+        ] {
+            let (pol, rejected) = Policy::new(&[entry.into()]);
+            assert!(rejected.is_empty());
+            let (o, reply) = talk_resolving(
+                &pol,
+                &format!("CONNECT {authority} HTTP/1.1\r\n\r\n"),
+                resolver.clone(),
+            )
+            .await;
+            assert!(matches!(o, Outcome::Blocked { .. }), "{entry}: {o:?}");
+            assert!(reply.contains("X-Proxy-Error: blocked-by-allowlist"));
+        }
+        assert!(!was_contacted(&l).await, "no connection was attempted");
+        assert_eq!(
+            resolver.lookups.load(std::sync::atomic::Ordering::SeqCst),
+            0
         );
     }
 

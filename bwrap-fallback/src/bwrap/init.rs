@@ -11,6 +11,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -35,10 +36,30 @@ const FORWARDED: [Signal; 9] = [
     Signal::SIGTSTP,
 ];
 
+/// Pause after a failed accept (EMFILE when the session has used up its
+/// descriptors, ENOBUFS...): doubling from the first to the last, reset by
+/// a successful accept. Retrying at once would spin pid 1 on a core while
+/// the condition lasts.
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+fn next_backoff(current: Duration) -> Duration {
+    (current * 2).clamp(ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX)
+}
+
 async fn forward(listener: TcpListener, proxy: std::path::PathBuf) {
+    let mut pause = Duration::ZERO;
     loop {
-        let Ok((mut tcp, _)) = listener.accept().await else {
-            continue;
+        let mut tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                pause = Duration::ZERO;
+                tcp
+            }
+            Err(_) => {
+                pause = next_backoff(pause);
+                tokio::time::sleep(pause).await;
+                continue;
+            }
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -135,4 +156,20 @@ pub fn main(proxy: &Path, listen: &str, command: &[String]) -> i32 {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off() {
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            d = next_backoff(d);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+    }
 }

@@ -1,8 +1,10 @@
 //! The bubblewrap backend's parts: the probe, the user's extra mounts, the
-//! sandbox command line, and `sandbox-init`, the sandbox's pid 1.
+//! environment it inherits, the sandbox command line, and `sandbox-init`, the sandbox's pid 1.
 
+pub mod env;
 pub mod init;
 pub mod probe;
+pub mod runtime_dir;
 pub mod sandbox;
 pub mod user_config;
 

@@ -184,6 +184,8 @@ impl BwrapSetup {
         })
     }
 
+    /// The bwrap command for one process. `base` is the helper's
+    /// environment: only what [`super::env::passes`] survives of it.
     pub fn launch(
         &self,
         sp: &SessionPaths,
@@ -202,7 +204,7 @@ impl BwrapSetup {
         if !rejected.is_empty() {
             tracing::warn!(session = %req.name, "allowedDomains entries ignored: {}", rejected.join(", "));
         }
-        cowork_backend::session_data::create_private_dir(&self.runtime_dir)?;
+        super::runtime_dir::ensure(&self.runtime_dir)?;
         let n = NEXT_SOCKET.fetch_add(1, Ordering::Relaxed);
         let sock = self.runtime_dir.join(format!("p{n}.sock"));
         let status_file = self.runtime_dir.join(format!("p{n}.status"));
@@ -236,8 +238,9 @@ impl BwrapSetup {
             args: &req.args,
         });
         let proxy = format!("http://{PROXY_LISTEN}");
-        let mut base = base;
-        base.retain(|(k, _)| !matches!(k.as_str(), "HOME" | "TMPDIR" | "XDG_RUNTIME_DIR"));
+        // Only an explicit list of the helper's variables: its environment
+        // may hold the user's credentials (env.rs).
+        let mut base = super::env::inherited(base);
         base.extend([
             ("HOME".into(), home.to_string_lossy().into_owned()),
             ("TMPDIR".into(), "/tmp".into()),
