@@ -17,3 +17,7 @@ pub mod shares;
 #[cfg(feature = "agent")]
 pub mod stdin_queue;
 pub mod wire;
+
+#[cfg(all(test, feature = "agent"))]
+#[path = "../../prerequisites/require.rs"]
+mod prerequisite;

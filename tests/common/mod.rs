@@ -287,24 +287,11 @@ pub fn is_root() -> bool {
     nix::unistd::getuid().is_root()
 }
 
-/// Whether this is a CI run (`CI` set, and not to `false`/`0`), where every
-/// prerequisite is installed and a missing one is a failure (build.rs).
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
-
-/// The run-time check behind a test that build.rs did not mark ignored:
-/// true when the prerequisite is there. Under CI a missing one panics;
-/// elsewhere it went missing since the build (build.rs saw it), so the test
-/// says SKIP and why and returns.
-pub fn require(present: bool, test: &str, missing: &str) -> bool {
-    if present {
-        return true;
-    }
-    assert!(!in_ci(), "{test}: {missing}; CI must provide it");
-    eprintln!("SKIP {test}: {missing} (it was there when the tests were built)");
-    false
-}
+#[path = "../../prerequisites/require.rs"]
+mod prerequisite;
+// Not every test file checks prerequisites.
+#[allow(unused_imports)]
+pub use prerequisite::{in_ci, require};
 
 /// Process `pid`'s resident memory in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {

@@ -11,6 +11,9 @@ pub mod fuzz;
 pub mod layout;
 pub mod log_limit;
 pub mod memory;
+#[cfg(test)]
+#[path = "../../prerequisites/require.rs"]
+mod prerequisite;
 pub mod seccomp;
 pub mod vcpu;
 pub mod vcpu_start;

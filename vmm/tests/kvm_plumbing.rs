@@ -13,6 +13,21 @@ use cowork_vmm::arch::regs::HIGHER_HALF;
 use cowork_vmm::devices::ExitReason;
 use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig};
 
+#[path = "../../prerequisites/require.rs"]
+mod prerequisite;
+use prerequisite::require;
+
+/// Whether /dev/kvm opens read-write now (build.rs checked at build time).
+fn kvm() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+const NO_KVM: &str = "/dev/kvm is not read-write here";
+
 #[derive(Clone, Default)]
 struct Console(Arc<Mutex<Vec<u8>>>);
 
@@ -43,14 +58,13 @@ const PAYLOAD: [u8; 71] = [
 ];
 
 #[test]
+#[cfg_attr(not(has_kvm), ignore = "needs /dev/kvm read-write")]
 fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
-    let kvm_ok = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if !kvm_ok {
-        eprintln!("SKIP long_mode_payload_drives_serial_mmio_boot_timer_and_reset: /dev/kvm is not read-write here");
+    if !require(
+        kvm(),
+        "long_mode_payload_drives_serial_mmio_boot_timer_and_reset",
+        NO_KVM,
+    ) {
         return;
     }
     let disk = tempfile::NamedTempFile::new().unwrap();
@@ -85,9 +99,8 @@ fn long_mode_payload_drives_serial_mmio_boot_timer_and_reset() {
     eprintln!("payload: boot timer at {:.3} ms", t.as_secs_f64() * 1e3);
 }
 
-#[test]
-fn bad_configurations_fail_at_once() {
-    let cfg = |boot, mem_mib, vcpus| VmConfig {
+fn cfg(boot: Boot, mem_mib: u64, vcpus: u8) -> VmConfig {
+    VmConfig {
         boot,
         mem_mib,
         vcpus,
@@ -96,30 +109,38 @@ fn bad_configurations_fail_at_once() {
         vsock: None,
         console: Box::new(std::io::sink()),
         seccomp: Some(cowork_vmm::seccomp::Mode::Enforce),
-    };
-    let kernel = |p: &str| Boot::Kernel {
-        path: p.into(),
+    }
+}
+
+fn kernel(path: &str) -> Boot {
+    Boot::Kernel {
+        path: path.into(),
         cmdline: String::new(),
-    };
-    let e = |c| {
-        Vm::start(c)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    };
-    assert!(e(cfg(kernel("/x"), 64, 0)).contains("vCPUs"));
-    assert!(e(cfg(kernel("/x"), 64, 33)).contains("1 to 32"));
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!(
-            "SKIP the rest of bad_configurations_fail_at_once: /dev/kvm is not read-write here"
-        );
+    }
+}
+
+/// Vm::start's error message, or "" if it started.
+fn start_error(c: VmConfig) -> String {
+    Vm::start(c)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+/// Refused before KVM is opened, so this runs anywhere.
+#[test]
+fn bad_vcpu_counts_fail_at_once() {
+    assert!(start_error(cfg(kernel("/x"), 64, 0)).contains("vCPUs"));
+    assert!(start_error(cfg(kernel("/x"), 64, 33)).contains("1 to 32"));
+}
+
+#[test]
+#[cfg_attr(not(has_kvm), ignore = "needs /dev/kvm read-write")]
+fn bad_kernels_and_memory_sizes_fail_at_once() {
+    if !require(kvm(), "bad_kernels_and_memory_sizes_fail_at_once", NO_KVM) {
         return;
     }
+    let e = start_error;
     assert!(e(cfg(kernel("/nonexistent/vmlinux"), 64, 1)).contains("cannot open the guest kernel"));
     assert!(
         e(cfg(kernel("/bin/true"), 64, 1)).contains("PVH")
@@ -162,14 +183,9 @@ fn thread_ticks(name: &str) -> Option<u64> {
 /// touches them, the device thread sleeps: a spinning one would starve the
 /// vCPUs of the device locks.
 #[test]
+#[cfg_attr(not(has_kvm), ignore = "needs /dev/kvm read-write")]
 fn idle_devices_do_not_spin() {
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_err()
-    {
-        eprintln!("SKIP idle_devices_do_not_spin: /dev/kvm is not read-write here");
+    if !require(kvm(), "idle_devices_do_not_spin", NO_KVM) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,13 @@
 //! The test host's end of the agent protocol, shared by the test files.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+// Not every test file checks prerequisites.
+#[allow(dead_code)]
+#[path = "../../../prerequisites/require.rs"]
+mod prerequisite;
+#[allow(unused_imports)]
+pub use prerequisite::require;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command};

@@ -496,10 +496,18 @@ fn owner_mapping_shows_the_session_user_and_creates_as_the_helper() {
 /// Whether a root helper without owner mapping creates files as the
 /// guest's uid (it does: the library switches credentials per request).
 #[test]
+#[cfg_attr(
+    not(has_root),
+    ignore = "needs root: an unprivileged helper cannot switch to the guest uid"
+)]
 fn without_owner_mapping_a_root_helper_creates_as_the_guest_uid() {
     // SAFETY: geteuid only reads the process's id.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root (an unprivileged helper cannot switch to the guest uid)");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !crate::prerequisite::require(
+        root,
+        "without_owner_mapping_a_root_helper_creates_as_the_guest_uid",
+        "needs root (an unprivileged helper cannot switch to the guest uid)",
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -548,7 +556,7 @@ fn opening_a_fifo_does_not_block_the_device() {
 }
 
 #[test]
-fn device_nodes_are_neither_made_nor_opened() {
+fn device_nodes_are_not_made() {
     let dir = tempfile::tempdir().unwrap();
     let shares = Arc::new(Shares::new());
     let name = shares.add(dir.path(), false, None).unwrap();
@@ -564,14 +572,29 @@ fn device_nodes_are_neither_made_nor_opened() {
         assert_eq!(g.errno(Opcode::Mknod, root, &body), libc::EPERM);
         assert!(!dir.path().join("dev").exists());
     }
-    // A device node already in the folder (only root can make one).
+}
+
+/// A device node already in the folder (only root can make one) is not
+/// opened.
+#[test]
+#[cfg_attr(not(has_root), ignore = "needs root to make a device node")]
+fn host_device_nodes_are_not_opened() {
+    let dir = tempfile::tempdir().unwrap();
     let null =
         std::ffi::CString::new(dir.path().join("null").as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: mknod reads a valid C string.
-    if unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } != 0 {
-        eprintln!("SKIPPED opening a host device node: mknod needs root");
+    let made = unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+    if !crate::prerequisite::require(
+        made == 0,
+        "host_device_nodes_are_not_opened",
+        "mknod failed (it needs root)",
+    ) {
         return;
     }
+    let shares = Arc::new(Shares::new());
+    let name = shares.add(dir.path(), false, None).unwrap();
+    let mut g = Guest::new(shares);
+    let root = g.lookup(ROOT, &name).unwrap();
     let node = g.lookup(root, "null").unwrap();
     assert_eq!(g.open(node, libc::O_RDONLY), Err(libc::ENXIO));
 }
