@@ -10,13 +10,13 @@ pub fn in_ci() -> bool {
 
 /// True when the prerequisite is `present`. A test that build.rs did not
 /// mark ignored gets here with it missing only under CI (which sets every
-/// cfg: then this panics) or when it went away since the build (then the
-/// test says SKIP and why, and returns).
+/// cfg: then this panics), when it went away since the build, or when run
+/// with `--ignored` (then the test says SKIP and why, and returns).
 pub fn require(present: bool, test: &str, missing: &str) -> bool {
     if present {
         return true;
     }
     assert!(!in_ci(), "{test}: {missing}; CI must provide it");
-    eprintln!("SKIP {test}: {missing} (it was there when the tests were built)");
+    eprintln!("SKIP {test}: {missing}");
     false
 }
