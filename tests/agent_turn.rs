@@ -1,0 +1,278 @@
+//! A real Claude Code turn through the helper protocol, as the app drives
+//! it: installSdk, spawn `/usr/local/bin/claude` with the stream-json
+//! flags and an OAuth token, a user message through writeStdin, stdout
+//! events until the `result` line. The model is a mock of the Messages API
+//! on the host's loopback (`cowork_microvm::agent_turn::mock_api`) that has
+//! the agent run one Bash command in the shared folder.
+//!
+//! Needs the pinned CLI (`tests/agent/fetch-claude.sh` fetches it from
+//! npm into ~/.cache) and, for the bwrap tests, a working bubblewrap. When
+//! one is missing each test says SKIP and why; under `CI=true` it fails
+//! instead, so CI cannot pass without running the turn.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use cowork_microvm::agent_turn::{self, mock_api, mock_api::MockApi};
+use serde_json::{json, Value};
+
+/// How long one turn may take (the CLI's first start reads ~370 MB).
+const TURN: Duration = Duration::from_secs(120);
+
+/// A missing prerequisite: SKIP with the reason, or fail under CI.
+fn missing(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test}: {why} (CI=true: prerequisites must be present)");
+    }
+    eprintln!("SKIP {test}: {why}");
+}
+
+/// The cached CLI's SDK directory, fetching it when absent.
+fn sdk(test: &str) -> Option<PathBuf> {
+    if let Some(s) = agent_turn::cached_sdk() {
+        return Some(s);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/agent/fetch-claude.sh");
+    let out = Command::new(&script).output();
+    match out {
+        Ok(o) if o.status.success() => agent_turn::cached_sdk().or_else(|| {
+            missing(
+                test,
+                "fetch-claude.sh succeeded but the CLI is not in the cache",
+            );
+            None
+        }),
+        Ok(o) => {
+            let why = format!(
+                "cannot fetch the Claude Code CLI ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            missing(test, &why);
+            None
+        }
+        Err(e) => {
+            missing(test, &format!("cannot run {}: {e}", script.display()));
+            None
+        }
+    }
+}
+
+fn loopback(test: &str) -> Option<(String, std::net::Ipv4Addr)> {
+    let r = agent_turn::loopback_name();
+    if r.is_none() {
+        missing(
+            test,
+            "neither this machine's host name nor localhost.localdomain resolves to loopback only",
+        );
+    }
+    r
+}
+
+fn bwrap_usable(test: &str) -> bool {
+    let ok = Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        missing(
+            test,
+            "bubblewrap is not installed or cannot create namespaces here",
+        );
+    }
+    ok
+}
+
+/// What one turn produced.
+#[derive(Debug, Default)]
+struct Turn {
+    /// stdout, split into lines.
+    lines: Vec<String>,
+    stderr: String,
+    /// The `result` line, if one came.
+    result: Option<Value>,
+    exit: Option<Value>,
+    first_line: Option<Duration>,
+    /// Tool permission requests answered.
+    approvals: usize,
+    to_result: Option<Duration>,
+}
+
+struct Setup<'a> {
+    h: &'a Helper,
+    sdk: &'a Path,
+    host: &'a str,
+    port: u16,
+    allowed: Vec<String>,
+    prompt: String,
+}
+
+/// Runs one turn on `setup.h` with the shared folder `work` as the
+/// working folder.
+fn turn(s: &Setup) -> Turn {
+    let mut ev = s.h.subscribe();
+    let p = s.h.started();
+    s.h.mkdir("work");
+    p.ok(
+        "installSdk",
+        json!({"sdkSubpath": s.sdk, "version": agent_turn::CLI_VERSION}),
+    );
+    let mut env = json!({
+        "ANTHROPIC_API_KEY": "",
+        "ANTHROPIC_BASE_URL": format!("http://{}:{}", s.host, s.port),
+    });
+    for (k, v) in agent_turn::QUIET_ENV {
+        env[*k] = json!(v);
+    }
+    let t0 = Instant::now();
+    p.ok(
+        "spawn",
+        json!({
+            "id": "agent", "name": "s1", "command": "/usr/local/bin/claude",
+            "args": ["--output-format", "stream-json", "--input-format", "stream-json", "--verbose",
+                "--permission-prompt-tool", "stdio"],
+            "cwd": "/sessions/s1/mnt/work",
+            "env": env,
+            "oauthToken": "sk-ant-oat01-mock-token",
+            "additionalMounts": {"work": {"path": "work", "mode": "rw"}},
+            "allowedDomains": s.allowed,
+            "isResume": false,
+        }),
+    );
+    let user = json!({"type": "user", "message": {"role": "user", "content": s.prompt}});
+    p.ok(
+        "writeStdin",
+        json!({"id": "agent", "data": format!("{user}\n")}),
+    );
+    let mut t = Turn::default();
+    let mut partial = String::new();
+    while t.result.is_none() && t.exit.is_none() {
+        assert!(t0.elapsed() < TURN, "no result within {TURN:?}: {t:?}");
+        let e = ev.next();
+        if e["id"] != "agent" {
+            continue;
+        }
+        match e["type"].as_str().unwrap_or("") {
+            "stdout" => {
+                t.first_line.get_or_insert_with(|| t0.elapsed());
+                partial += e["data"].as_str().unwrap_or("");
+                while let Some(i) = partial.find('\n') {
+                    let line: String = partial.drain(..=i).collect();
+                    let line = line.trim_end().to_string();
+                    if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                        if v["type"] == "result" {
+                            t.to_result = Some(t0.elapsed());
+                            t.result = Some(v);
+                        } else if let Some(reply) = permission_reply(&v) {
+                            t.approvals += 1;
+                            p.ok(
+                                "writeStdin",
+                                json!({"id": "agent", "data": format!("{reply}\n")}),
+                            );
+                        }
+                    }
+                    t.lines.push(line);
+                }
+            }
+            "stderr" => t.stderr += e["data"].as_str().unwrap_or(""),
+            "exit" => t.exit = Some(e),
+            _ => {}
+        }
+    }
+    // The CLI waits for the next message: end the conversation as the app
+    // does when a session closes.
+    if t.exit.is_none() {
+        p.ok(
+            "writeStdin",
+            json!({"id": "agent", "data": "", "eof": true}),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while t.exit.is_none() && Instant::now() < deadline {
+            let e = ev.next();
+            if e["id"] == "agent" && e["type"] == "exit" {
+                t.exit = Some(e);
+            }
+        }
+        if t.exit.is_none() {
+            p.ok("kill", json!({"id": "agent", "signal": "SIGKILL"}));
+        }
+    }
+    eprintln!(
+        "turn: first stdout line after {:?}, result after {:?}",
+        t.first_line, t.to_result
+    );
+    t
+}
+
+/// The app's answer to the agent's tool permission request (a
+/// `control_request` on stdout, answered on stdin): allow, input unchanged.
+fn permission_reply(v: &Value) -> Option<Value> {
+    if v["type"] != "control_request" || v["request"]["subtype"] != "can_use_tool" {
+        return None;
+    }
+    Some(json!({"type": "control_response", "response": {
+        "subtype": "success", "request_id": v["request_id"],
+        "response": {"behavior": "allow", "updatedInput": v["request"]["input"]}}}))
+}
+
+fn assert_success(t: &Turn, mock: &MockApi, h: &Helper) {
+    let r = t
+        .result
+        .as_ref()
+        .unwrap_or_else(|| panic!("no result line: {t:?}\nmock saw {:?}", mock.requests()));
+    assert_eq!(r["subtype"], "success", "{r}\n{t:?}");
+    assert_eq!(r["is_error"], false, "{r}");
+    assert_eq!(r["result"], mock_api::FINAL_TEXT, "{r}");
+    assert_eq!(t.approvals, 1, "one permission request, for Bash");
+    let seen = mock.requests();
+    assert!(
+        seen.iter().any(|s| s.answered == "tool_use"),
+        "the mock never asked for the tool: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.answered == "final"),
+        "the tool result never reached the mock: {seen:?}"
+    );
+    let schema = seen
+        .iter()
+        .find_map(|s| s.bash_schema.clone())
+        .expect("the Bash tool was advertised");
+    assert_eq!(
+        schema["properties"]["command"]["type"], "string",
+        "{schema}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.home.join("work/proof.txt")).unwrap_or_default(),
+        "agent-was-here\n",
+        "proof.txt in the shared folder; stdout:\n{}",
+        t.lines.join("\n")
+    );
+}
+
+fn prompt() -> String {
+    "Write the proof file.".into()
+}
+
+#[test]
+fn turn_on_host() {
+    let test = "turn_on_host";
+    let (Some(sdk), Some((host, ip))) = (sdk(test), loopback(test)) else {
+        return;
+    };
+    let mock = MockApi::start(ip).unwrap();
+    let h = Helper::start();
+    let t = turn(&Setup {
+        h: &h,
+        sdk: &sdk,
+        host: &host,
+        port: mock.port(),
+        allowed: vec![host.clone()],
+        prompt: prompt(),
+    });
+    assert_success(&t, &mock, &h);
+}
