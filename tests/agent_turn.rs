@@ -225,8 +225,13 @@ fn assert_success(t: &Turn, mock: &MockApi, h: &Helper) {
         .result
         .as_ref()
         .unwrap_or_else(|| panic!("no result line: {t:?}\nmock saw {:?}", mock.requests()));
+    let seen: Vec<(String, String, &str)> = mock
+        .requests()
+        .into_iter()
+        .map(|s| (s.method, s.path, s.answered))
+        .collect();
     assert_eq!(r["subtype"], "success", "{r}\n{t:?}");
-    assert_eq!(r["is_error"], false, "{r}");
+    assert_eq!(r["is_error"], false, "{r}\nmock saw {seen:?}");
     assert_eq!(r["result"], mock_api::FINAL_TEXT, "{r}");
     assert_eq!(t.approvals, 1, "one permission request, for Bash");
     let seen = mock.requests();
@@ -275,4 +280,108 @@ fn turn_on_host() {
         prompt: prompt(),
     });
     assert_success(&t, &mock, &h);
+}
+
+fn bwrap_helper() -> Helper {
+    Helper::start_with(|c| {
+        c.env("COWORK_MICROVM_BACKEND", "bwrap");
+    })
+}
+
+#[test]
+fn turn_on_bwrap_through_the_egress_proxy() {
+    let test = "turn_on_bwrap_through_the_egress_proxy";
+    if !bwrap_usable(test) {
+        return;
+    }
+    let (Some(sdk), Some((host, ip))) = (sdk(test), loopback(test)) else {
+        return;
+    };
+    let mock = MockApi::start(ip).unwrap();
+    let h = bwrap_helper();
+    let t = turn(&Setup {
+        h: &h,
+        sdk: &sdk,
+        host: &host,
+        port: mock.port(),
+        allowed: vec![host.clone()],
+        prompt: prompt(),
+    });
+    assert_success(&t, &mock, &h);
+}
+
+/// Without the mock's name in allowedDomains the proxy refuses: the turn
+/// ends in an API error and the mock sees nothing.
+#[test]
+fn bwrap_turn_without_the_domain_is_refused_at_the_proxy() {
+    let test = "bwrap_turn_without_the_domain_is_refused_at_the_proxy";
+    if !bwrap_usable(test) {
+        return;
+    }
+    let (Some(sdk), Some((host, ip))) = (sdk(test), loopback(test)) else {
+        return;
+    };
+    let mock = MockApi::start(ip).unwrap();
+    let h = bwrap_helper();
+    let t = turn(&Setup {
+        h: &h,
+        sdk: &sdk,
+        host: &host,
+        port: mock.port(),
+        allowed: vec!["api.anthropic.com".into()],
+        prompt: prompt(),
+    });
+    let failed = match (&t.result, &t.exit) {
+        (Some(r), _) => r["is_error"] == true,
+        (None, Some(e)) => e["exitCode"] != 0,
+        (None, None) => false,
+    };
+    assert!(failed, "the turn should fail: {t:?}");
+    assert!(mock.requests().is_empty(), "{:?}", mock.requests());
+    assert!(!h.home.join("work/proof.txt").exists());
+    let said = t.result.as_ref().map(|r| r["result"].to_string());
+    assert!(
+        said.as_deref()
+            .is_some_and(|s| s.contains("not in this session's allowed domains")),
+        "the CLI should report the proxy's refusal: {said:?}"
+    );
+}
+
+/// A user message of more than 1 MiB, one stdin line, reaches the model
+/// intact.
+#[test]
+fn large_user_message_passes_intact_on_bwrap() {
+    let test = "large_user_message_passes_intact_on_bwrap";
+    if !bwrap_usable(test) {
+        return;
+    }
+    let (Some(sdk), Some((host, ip))) = (sdk(test), loopback(test)) else {
+        return;
+    };
+    let mock = MockApi::start(ip).unwrap();
+    let h = bwrap_helper();
+    let mut big = prompt();
+    big.push(' ');
+    while big.len() < 1024 * 1024 + 17 {
+        big.push_str("lorem ipsum dolor sit amet ");
+    }
+    let t = turn(&Setup {
+        h: &h,
+        sdk: &sdk,
+        host: &host,
+        port: mock.port(),
+        allowed: vec![host.clone()],
+        prompt: big.clone(),
+    });
+    assert_success(&t, &mock, &h);
+    let seen = mock.requests();
+    let main = seen
+        .iter()
+        .find(|s| s.answered == "tool_use")
+        .expect("the main request");
+    assert!(
+        main.first_texts.iter().any(|t| *t == big),
+        "the prompt arrived altered: text blocks of {:?} bytes",
+        main.first_texts.iter().map(String::len).collect::<Vec<_>>()
+    );
 }

@@ -38,8 +38,9 @@ pub struct Seen {
     /// For `/v1/messages`: what the mock answered (`tool_use`, `final`,
     /// `side`), else empty.
     pub answered: &'static str,
-    /// For `/v1/messages`: the length of the first user message's text.
-    pub first_prompt_len: Option<usize>,
+    /// For `/v1/messages`: the text blocks of the first (user) message:
+    /// the user's prompt and what the CLI adds to it.
+    pub first_texts: Vec<String>,
     /// For `/v1/messages`: the Bash tool's input schema, when advertised.
     pub bash_schema: Option<Value>,
 }
@@ -108,6 +109,8 @@ struct Request {
     method: String,
     path: String,
     body: Vec<u8>,
+    /// The client sent `Connection: close` (the egress proxy does).
+    close: bool,
 }
 
 /// Reads one request; None when the connection ended or sent garbage.
@@ -135,6 +138,7 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
     let path = start.next()?.to_string();
     let mut length = 0usize;
     let mut chunked = false;
+    let mut close = false;
     for l in lines {
         let Some((k, v)) = l.split_once(':') else {
             continue;
@@ -144,6 +148,8 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
             length = v.parse().ok()?;
         } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
             chunked = true;
+        } else if k == "connection" && v.eq_ignore_ascii_case("close") {
+            close = true;
         }
     }
     let body = if chunked {
@@ -156,7 +162,12 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<Request> {
         r.read_exact(&mut b).ok()?;
         b
     };
-    Some(Request { method, path, body })
+    Some(Request {
+        method,
+        path,
+        body,
+        close,
+    })
 }
 
 fn read_chunked(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
@@ -190,11 +201,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         if let Ok(mut s) = state.lock() {
             s.seen.push(seen);
         }
+        let connection = if req.close { "close" } else { "keep-alive" };
         let head = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nrequest-id: req_mock\r\n\r\n",
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {connection}\r\nrequest-id: req_mock\r\n\r\n",
             body.len()
         );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(body.as_bytes()).is_err() {
+        if out.write_all(head.as_bytes()).is_err()
+            || out.write_all(body.as_bytes()).is_err()
+            || req.close
+        {
             return;
         }
     }
@@ -206,10 +221,15 @@ fn answer(req: &Request) -> (&'static str, &'static str, String, Seen) {
         path: req.path.clone(),
         body_len: req.body.len(),
         answered: "",
-        first_prompt_len: None,
+        first_texts: Vec::new(),
         bash_schema: None,
     };
-    let path = req.path.split('?').next().unwrap_or("");
+    // Servers must accept the absolute form too (RFC 9112, 3.2.2).
+    let origin_form = match req.path.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => req.path.as_str(),
+    };
+    let path = origin_form.split('?').next().unwrap_or("");
     if req.method != "POST" || path != "/v1/messages" {
         let body =
             json!({"type": "error", "error": {"type": "not_found_error", "message": "not mocked"}});
@@ -225,7 +245,10 @@ fn answer(req: &Request) -> (&'static str, &'static str, String, Seen) {
         );
     };
     let messages = v["messages"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    seen.first_prompt_len = messages.first().map(|m| text_len(&m["content"]));
+    seen.first_texts = messages
+        .first()
+        .map(|m| texts(&m["content"]))
+        .unwrap_or_default();
     seen.bash_schema = v["tools"].as_array().and_then(|tools| {
         tools
             .iter()
@@ -271,16 +294,16 @@ fn answer(req: &Request) -> (&'static str, &'static str, String, Seen) {
     }
 }
 
-/// The characters of text in a message's content (a string or blocks).
-fn text_len(content: &Value) -> usize {
+/// The texts of a message's content (a string or blocks).
+fn texts(content: &Value) -> Vec<String> {
     match content {
-        Value::String(s) => s.len(),
+        Value::String(s) => vec![s.clone()],
         Value::Array(blocks) => blocks
             .iter()
             .filter_map(|b| b["text"].as_str())
-            .map(str::len)
-            .sum(),
-        _ => 0,
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
