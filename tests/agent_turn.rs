@@ -380,8 +380,125 @@ fn large_user_message_passes_intact_on_bwrap() {
         .find(|s| s.answered == "tool_use")
         .expect("the main request");
     assert!(
-        main.first_texts.iter().any(|t| *t == big),
+        main.first_texts.contains(&big),
         "the prompt arrived altered: text blocks of {:?} bytes",
         main.first_texts.iter().map(String::len).collect::<Vec<_>>()
     );
+}
+
+/// The same turn on bwrap with the helper, its client and the agent all
+/// running as an unprivileged user (uid 65534 through setpriv, with a HOME
+/// it owns): this test, as root, re-runs the test binary for
+/// `unprivileged_bwrap_turn_inner` that way.
+#[test]
+fn turn_on_bwrap_unprivileged() {
+    use std::os::unix::fs::chown;
+    let test = "turn_on_bwrap_unprivileged";
+    if !is_root() {
+        eprintln!("SKIP {test}: not root; the other bwrap tests already run unprivileged");
+        return;
+    }
+    if !bwrap_usable(test) {
+        return;
+    }
+    let Some(sdk) = sdk(test) else {
+        return;
+    };
+    if !Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        missing(test, "setpriv (util-linux) is not installed");
+        return;
+    }
+    // A directory the user owns, with the CLI where it can read it: a hard
+    // link when the cache is on the same file system, else a copy.
+    let stage = tempfile::tempdir().unwrap();
+    let bin_dir = stage.path().join("sdk").join(agent_turn::CLI_VERSION);
+    for d in [
+        stage.path().join("home"),
+        stage.path().join("tmp"),
+        bin_dir.clone(),
+    ] {
+        std::fs::create_dir_all(&d).unwrap();
+    }
+    let cached = sdk.join(agent_turn::CLI_VERSION).join("claude");
+    let bin = bin_dir.join("claude");
+    if std::fs::hard_link(&cached, &bin).is_err() {
+        std::fs::copy(&cached, &bin).unwrap();
+    }
+    for d in [
+        stage.path().to_path_buf(),
+        stage.path().join("home"),
+        stage.path().join("tmp"),
+        stage.path().join("sdk"),
+        bin_dir,
+    ] {
+        chown(&d, Some(65534), Some(65534)).unwrap();
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "unprivileged_bwrap_turn_inner",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("COWORK_AGENT_TURN_SDK", stage.path().join("sdk"))
+        .env("HOME", stage.path().join("home"))
+        .env("TMPDIR", stage.path().join("tmp"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test did not run: {text}"
+    );
+    assert!(!text.contains("SKIP"), "{text}");
+}
+
+#[test]
+#[ignore = "run as uid 65534 by turn_on_bwrap_unprivileged"]
+fn unprivileged_bwrap_turn_inner() {
+    let test = "unprivileged_bwrap_turn_inner";
+    // `--include-ignored` runs this directly too: only the outer test's
+    // run (which sets the SDK directory) is meaningful.
+    let Some(sdk) = std::env::var_os("COWORK_AGENT_TURN_SDK").map(PathBuf::from) else {
+        eprintln!("SKIP {test}: only turn_on_bwrap_unprivileged runs it");
+        return;
+    };
+    assert!(!is_root(), "{test} runs as an unprivileged user");
+    let Some((host, ip)) = loopback(test) else {
+        return;
+    };
+    let mock = MockApi::start(ip).unwrap();
+    let h = bwrap_helper();
+    let t = turn(&Setup {
+        h: &h,
+        sdk: &sdk,
+        host: &host,
+        port: mock.port(),
+        allowed: vec![host.clone()],
+        prompt: prompt(),
+    });
+    assert_success(&t, &mock, &h);
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(h.home.join("work/proof.txt"))
+        .unwrap()
+        .uid();
+    assert_eq!(owner, nix::unistd::getuid().as_raw(), "proof.txt's owner");
 }
