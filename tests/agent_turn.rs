@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use cowork_microvm::agent_turn::{self, mock_api, mock_api::MockApi};
+use cowork_microvm::agent_turn::{self, conversation, mock_api, mock_api::MockApi};
 use serde_json::{json, Value};
 
 /// How long one turn may take (the CLI's first start reads ~370 MB).
@@ -117,38 +117,16 @@ struct Setup<'a> {
 fn turn(s: &Setup) -> Turn {
     let mut ev = s.h.subscribe();
     let p = s.h.started();
-    s.h.mkdir("work");
-    p.ok(
-        "installSdk",
-        json!({"sdkSubpath": s.sdk, "version": agent_turn::CLI_VERSION}),
-    );
-    let mut env = json!({
-        "ANTHROPIC_API_KEY": "",
-        "ANTHROPIC_BASE_URL": format!("http://{}:{}", s.host, s.port),
-    });
-    for (k, v) in agent_turn::QUIET_ENV {
-        env[*k] = json!(v);
-    }
+    s.h.mkdir(conversation::WORK_MOUNT);
+    p.ok("installSdk", conversation::install_sdk(s.sdk));
+    let base_url = format!("http://{}:{}", s.host, s.port);
     let t0 = Instant::now();
     p.ok(
         "spawn",
-        json!({
-            "id": "agent", "name": "s1", "command": "/usr/local/bin/claude",
-            "args": ["--output-format", "stream-json", "--input-format", "stream-json", "--verbose",
-                "--permission-prompt-tool", "stdio"],
-            "cwd": "/sessions/s1/mnt/work",
-            "env": env,
-            "oauthToken": "sk-ant-oat01-mock-token",
-            "additionalMounts": {"work": {"path": "work", "mode": "rw"}},
-            "allowedDomains": s.allowed,
-            "isResume": false,
-        }),
+        conversation::spawn("agent", "s1", &base_url, &s.allowed),
     );
-    let user = json!({"type": "user", "message": {"role": "user", "content": s.prompt}});
-    p.ok(
-        "writeStdin",
-        json!({"id": "agent", "data": format!("{user}\n")}),
-    );
+    let user = conversation::user_line(&s.prompt);
+    p.ok("writeStdin", json!({"id": "agent", "data": user}));
     let mut t = Turn::default();
     let mut partial = String::new();
     while t.result.is_none() && t.exit.is_none() {
@@ -161,19 +139,14 @@ fn turn(s: &Setup) -> Turn {
             "stdout" => {
                 t.first_line.get_or_insert_with(|| t0.elapsed());
                 partial += e["data"].as_str().unwrap_or("");
-                while let Some(i) = partial.find('\n') {
-                    let line: String = partial.drain(..=i).collect();
-                    let line = line.trim_end().to_string();
+                for line in conversation::take_lines(&mut partial) {
                     if let Ok(v) = serde_json::from_str::<Value>(&line) {
                         if v["type"] == "result" {
                             t.to_result = Some(t0.elapsed());
                             t.result = Some(v);
-                        } else if let Some(reply) = permission_reply(&v) {
+                        } else if let Some(reply) = conversation::permission_reply(&v) {
                             t.approvals += 1;
-                            p.ok(
-                                "writeStdin",
-                                json!({"id": "agent", "data": format!("{reply}\n")}),
-                            );
+                            p.ok("writeStdin", json!({"id": "agent", "data": reply}));
                         }
                     }
                     t.lines.push(line);
@@ -207,17 +180,6 @@ fn turn(s: &Setup) -> Turn {
         t.first_line, t.to_result
     );
     t
-}
-
-/// The app's answer to the agent's tool permission request (a
-/// `control_request` on stdout, answered on stdin): allow, input unchanged.
-fn permission_reply(v: &Value) -> Option<Value> {
-    if v["type"] != "control_request" || v["request"]["subtype"] != "can_use_tool" {
-        return None;
-    }
-    Some(json!({"type": "control_response", "response": {
-        "subtype": "success", "request_id": v["request_id"],
-        "response": {"behavior": "allow", "updatedInput": v["request"]["input"]}}}))
 }
 
 fn assert_success(t: &Turn, mock: &MockApi, h: &Helper) {

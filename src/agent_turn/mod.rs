@@ -5,6 +5,7 @@
 //! ([`loopback_name`]). Used by `tests/agent_turn.rs` and the bench's
 //! agent-turn row.
 
+pub mod conversation;
 pub mod mock_api;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
