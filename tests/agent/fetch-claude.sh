@@ -26,11 +26,21 @@ fi
 
 command -v npm >/dev/null || { echo "npm is not installed" >&2; exit 2; }
 mkdir -p "$cache"
+# Tests run in parallel: one fetches, the others wait and find it cached.
+exec 9>"$cache/.lock"
+flock 9
+if [ -x "$bin" ]; then
+    echo "$cache/sdk"
+    exit 0
+fi
 work=$(mktemp -d "$cache/.fetch.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# npm pack only downloads (no install scripts run).
-(cd "$work" && npm pack --silent "$PACKAGE@$VERSION" >/dev/null) >&2
+# npm pack only downloads (no install scripts run). Few retries: an
+# unreachable registry should fail in seconds, not minutes.
+(cd "$work" && npm pack --loglevel=error --fetch-retries=1 \
+    --fetch-retry-mintimeout=2000 --fetch-retry-maxtimeout=5000 \
+    "$PACKAGE@$VERSION" >/dev/null) >&2
 tgz=$(ls "$work"/*.tgz)
 got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
 if [ "$got" != "$INTEGRITY" ]; then
