@@ -354,3 +354,111 @@ fn sse(model: &str, blocks: &[Value], stop: &str) -> String {
     event("message_stop", json!({"type": "message_stop"}));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends raw `req` on a fresh connection and reads until the mock
+    /// closes it (every request here asks for `Connection: close`).
+    fn exchange(api: &MockApi, req: &[u8]) -> String {
+        let Ok(mut s) = TcpStream::connect(api.addr) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = s.write_all(req);
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn post(target: &str, body: &Value) -> Vec<u8> {
+        let b = body.to_string();
+        format!(
+            "POST {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )
+        .into_bytes()
+    }
+
+    fn bash_tool() -> Value {
+        json!([{"name": "Bash", "input_schema": {"type": "object",
+            "properties": {"command": {"type": "string"}}, "required": ["command"]}}])
+    }
+
+    #[test]
+    fn a_turn_is_a_tool_call_then_the_answer() {
+        let api = MockApi::start(Ipv4Addr::LOCALHOST).expect("mock");
+        let first = json!({"model": "m", "stream": true, "tools": bash_tool(),
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]});
+        let out = exchange(&api, &post("/v1/messages?beta=true", &first));
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        assert!(out.contains("text/event-stream"), "{out}");
+        let order: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert!(out.contains(r#""stop_reason":"tool_use""#), "{out}");
+        assert!(out.contains("proof.txt"), "{out}");
+
+        let mut second = first.clone();
+        second["messages"] = json!([
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "Bash", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]},
+        ]);
+        // The absolute form, as a proxy may pass it on.
+        let out = exchange(&api, &post("http://h:1/v1/messages", &second));
+        assert!(out.contains(r#""stop_reason":"end_turn""#), "{out}");
+        assert!(out.contains(FINAL_TEXT), "{out}");
+
+        let seen = api.requests();
+        assert_eq!(
+            seen.iter().map(|s| s.answered).collect::<Vec<_>>(),
+            ["tool_use", "final"]
+        );
+        assert_eq!(seen[0].first_texts, ["hi"]);
+        assert!(seen[0].bash_schema.is_some());
+    }
+
+    #[test]
+    fn side_requests_unknown_paths_and_bad_input() {
+        let api = MockApi::start(Ipv4Addr::LOCALHOST).expect("mock");
+        let plain = json!({"model": "m", "messages": [{"role": "user", "content": "title?"}]});
+        let out = exchange(&api, &post("/v1/messages", &plain));
+        assert!(out.contains(r#""type":"message""#), "non-streamed: {out}");
+        let out = exchange(
+            &api,
+            b"GET /api/hello HTTP/1.1\r\nConnection: close\r\n\r\n",
+        );
+        assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+        let out = exchange(
+            &api,
+            b"POST /v1/messages HTTP/1.1\r\nConnection: close\r\nContent-Length: 3\r\n\r\n{x}",
+        );
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+        // Over the body bound: dropped without an answer (and not read).
+        let big = format!(
+            "POST /v1/messages HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        assert_eq!(exchange(&api, big.as_bytes()), "");
+        // A head that never ends within the bound.
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(exchange(&api, &long), "");
+        assert_eq!(api.requests().len(), 3);
+        assert!(MockApi::start(Ipv4Addr::new(10, 0, 0, 1)).is_err());
+    }
+}
