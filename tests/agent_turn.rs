@@ -118,7 +118,8 @@ fn turn(s: &Setup) -> Turn {
     let mut ev = s.h.subscribe();
     let p = s.h.started();
     s.h.mkdir(conversation::WORK_MOUNT);
-    p.ok("installSdk", conversation::install_sdk(s.sdk));
+    agent_turn::stage_sdk(s.sdk, &s.h.home).unwrap();
+    p.ok("installSdk", conversation::install_sdk());
     let base_url = format!("http://{}:{}", s.host, s.port);
     let t0 = Instant::now();
     p.ok(
@@ -374,8 +375,8 @@ fn turn_on_bwrap_unprivileged() {
         missing(test, "setpriv (util-linux) is not installed");
         return;
     }
-    // A directory the user owns, with the CLI where it can read it: a hard
-    // link when the cache is on the same file system, else a copy.
+    // A directory the user owns, with a copy of the CLI it owns (so the
+    // inner test can hard-link it into its helper's home).
     let stage = tempfile::tempdir().unwrap();
     let bin_dir = stage.path().join("sdk").join(agent_turn::CLI_VERSION);
     for d in [
@@ -387,15 +388,14 @@ fn turn_on_bwrap_unprivileged() {
     }
     let cached = sdk.join(agent_turn::CLI_VERSION).join("claude");
     let bin = bin_dir.join("claude");
-    if std::fs::hard_link(&cached, &bin).is_err() {
-        std::fs::copy(&cached, &bin).unwrap();
-    }
+    std::fs::copy(&cached, &bin).unwrap();
     for d in [
         stage.path().to_path_buf(),
         stage.path().join("home"),
         stage.path().join("tmp"),
         stage.path().join("sdk"),
         bin_dir,
+        bin,
     ] {
         chown(&d, Some(65534), Some(65534)).unwrap();
     }

@@ -2,19 +2,17 @@
 //! with its stream-json flags, the user message line, and the answer to
 //! the CLI's tool permission requests.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
-use super::{CLI_VERSION, QUIET_ENV};
+use super::{CLI_VERSION, QUIET_ENV, SDK_SUBPATH};
 
 /// The shared folder (a mount named so under the helper's home) the turn
 /// works in.
 pub const WORK_MOUNT: &str = "work";
 
-/// `installSdk`'s params for the SDK directory `sdk` (an absolute path).
-pub fn install_sdk(sdk: &Path) -> Value {
-    json!({"sdkSubpath": sdk, "version": CLI_VERSION})
+/// `installSdk`'s params for the CLI [`super::stage_sdk`] put in the home.
+pub fn install_sdk() -> Value {
+    json!({"sdkSubpath": SDK_SUBPATH, "version": CLI_VERSION})
 }
 
 /// `spawn`'s params: `/usr/local/bin/claude` in session `session` with the

@@ -9,7 +9,7 @@ pub mod conversation;
 pub mod mock_api;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The Claude Code version the test and the bench run (npm
 /// `@anthropic-ai/claude-code-linux-x64`); its integrity is pinned in
@@ -34,6 +34,30 @@ pub fn cached_sdk() -> Option<PathBuf> {
         .join("claude")
         .is_file()
         .then_some(sdk)
+}
+
+/// Where the app keeps the SDK, relative to the home directory (installSdk's
+/// `sdkSubpath`).
+pub const SDK_SUBPATH: &str = ".local/share/claude-sdk";
+
+/// Puts the CLI from the SDK directory `sdk` into `home`'s
+/// [`SDK_SUBPATH`], as the app's download does: the kvm backend shares only
+/// folders inside the home. A hard link when both are on one file system
+/// (and the file is ours to link), else a copy. The bwrap and kvm backends
+/// share it read-only; on the host backend the agent could write it, but
+/// nothing there does (the auto-updater is off).
+pub fn stage_sdk(sdk: &Path, home: &Path) -> std::io::Result<()> {
+    let dir = home.join(SDK_SUBPATH).join(CLI_VERSION);
+    std::fs::create_dir_all(&dir)?;
+    let from = sdk.join(CLI_VERSION).join("claude");
+    let to = dir.join("claude");
+    if to.exists() {
+        return Ok(());
+    }
+    if std::fs::hard_link(&from, &to).is_err() {
+        std::fs::copy(&from, &to)?;
+    }
+    Ok(())
 }
 
 /// The environment that keeps the CLI non-interactive and talking only to

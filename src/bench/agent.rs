@@ -61,8 +61,9 @@ pub async fn agent_turns(
     let run = async {
         let mock = MockApi::start(ip).context("cannot start the mock API")?;
         std::fs::create_dir_all(home.join(conversation::WORK_MOUNT))?;
+        agent_turn::stage_sdk(&sdk, home).context("cannot put the CLI in the home")?;
         client
-            .call("installSdk", conversation::install_sdk(&sdk))
+            .call("installSdk", conversation::install_sdk())
             .await?;
         let base_url = format!("http://{host}:{}", mock.port());
         for i in 0..turns {
