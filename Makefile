@@ -12,7 +12,7 @@ AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
 BENCH_FLAGS ?= --quick
 
-.PHONY: help build release agent image repro e2e-nested run test lint fmt bench fuzz install
+.PHONY: help build release agent agent-cli image repro e2e-nested run test lint fmt bench fuzz install
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ release: ## optimized helper binary at target/release/cowork-microvm
 
 agent: ## the static guest agent ($(AGENT))
 	$(CARGO) rustc --release -p cowork-guest --bin cowork-guest --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static
+
+agent-cli: ## fetch the pinned Claude Code CLI (npm, integrity-checked) into ~/.cache/cowork-microvm/claude-code
+	tests/agent/fetch-claude.sh
 
 image: release agent ## guest kernel + PROFILE rootfs + manifest (kernel cached by input hash)
 	./target/release/cowork-microvm image build --profile $(PROFILE) --agent $(AGENT) $(if $(IMAGE_DIR),--out $(IMAGE_DIR))

@@ -5,6 +5,7 @@
 //! picks. [`client`] is the same protocol from the other side, used by
 //! `run` and `bench`.
 
+pub mod agent_turn;
 pub mod app;
 pub mod bench;
 pub mod cli;

@@ -203,6 +203,13 @@ fn bench_quick_profile_writes_json() {
     assert!(host["files"]["untarS"].as_f64().unwrap() > 0.0, "{host}");
     assert!(host["files"]["writeMibS"].as_f64().unwrap() > 0.0);
     assert!(host["coldStartMs"]["samples"].as_u64().unwrap() > 0);
+    // The agent turn: measured (the CLI is cached in this HOME), or
+    // skipped with the reason, never a zero.
+    let agent = &host["agentTurn"];
+    assert!(
+        agent["skipped"].is_string() || agent["resultMs"]["samples"] == 2,
+        "{agent}"
+    );
     assert_eq!(doc["baseline"], "host");
     assert_eq!(doc["ratios"]["spawnExitMs"]["host"], 1.0);
     let svg = std::fs::read_to_string(&svg_path).unwrap();

@@ -17,7 +17,7 @@ pub struct Figure {
 }
 
 /// (metric key, JSON pointer in a result, label, unit, higher is better)
-const METRICS: [(&str, &str, &str, &str, bool); 10] = [
+const METRICS: [(&str, &str, &str, &str, bool); 12] = [
     (
         "spawnExitMs",
         "/spawnExitMs/median",
@@ -79,6 +79,20 @@ const METRICS: [(&str, &str, &str, &str, bool); 10] = [
         "/files/gitStatusS",
         "git status on a shared folder",
         "s",
+        false,
+    ),
+    (
+        "agentFirstLineMs",
+        "/agentTurn/firstLineMs/median",
+        "agent turn: spawn→first stdout line, median",
+        "ms",
+        false,
+    ),
+    (
+        "agentResultMs",
+        "/agentTurn/resultMs/median",
+        "agent turn: spawn→result, median",
+        "ms",
         false,
     ),
     (

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
+mod agent;
 mod chart;
 mod qemu_ref;
 mod scenarios;
@@ -67,6 +68,8 @@ struct BackendResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     files: Option<scenarios::FileWork>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    agent_turn: Option<agent::AgentTurn>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     helper_rss_kib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     helper_peak_rss_kib: Option<u64>,
@@ -83,6 +86,7 @@ impl BackendResult {
             cold_start_ms: None,
             concurrent: None,
             files: None,
+            agent_turn: None,
             helper_rss_kib: None,
             helper_peak_rss_kib: None,
         }
@@ -216,6 +220,7 @@ pub struct Profile {
     pub sessions: usize,
     pub files: usize,
     pub big_mib: usize,
+    pub agent_turns: usize,
 }
 
 async fn measure(
@@ -294,6 +299,9 @@ async fn measure(
     std::fs::create_dir_all(&work)?;
     res.concurrent = Some(scenarios::concurrent(&client, &mut events, kind, p.sessions).await?);
     res.files = Some(scenarios::file_work(&client, &mut events, kind, &work, p).await?);
+    let home = helper.dir.join("home");
+    res.agent_turn =
+        Some(agent::agent_turns(&client, &mut events, kind, &home, p.agent_turns).await);
     res.cold_start_ms = Some(scenarios::cold_start(&client, kind, repeats).await?);
     client.call("stopVM", json!({})).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -351,6 +359,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             sessions: 10,
             files: 1000,
             big_mib: 64,
+            agent_turns: 2,
         }
     } else {
         Profile {
@@ -360,6 +369,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
             sessions: 50,
             files: 5000,
             big_mib: 1024,
+            agent_turns: 5,
         }
     };
     let (iterations, mib) = (p.iterations, p.mib);
@@ -536,6 +546,46 @@ fn print_table(floor: &Stats, results: &[BackendResult]) {
             fig(r.stdout_mib_s.as_ref().map(|s| s.median), 0),
             mib(r.helper_rss_kib),
             mib(r.helper_peak_rss_kib),
+        );
+    }
+    print_agent_table(results);
+}
+
+/// spawn→first stdout line and spawn→result of the agent turn, per backend.
+fn print_agent_table(results: &[BackendResult]) {
+    let rows: Vec<(&str, &agent::AgentTurn)> = results
+        .iter()
+        .filter_map(|r| Some((r.backend.as_str(), r.agent_turn.as_ref()?)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\nagent turn: Claude Code {} against a mock API, timed from spawn",
+        crate::agent_turn::CLI_VERSION
+    );
+    println!(
+        "{:<8} {:>6} {:>17} {:>13}",
+        "backend", "turns", "first line p50", "result p50"
+    );
+    for (backend, a) in rows {
+        if let Some(why) = a.skipped.as_ref() {
+            println!("{backend:<8} skipped: {why}");
+            continue;
+        }
+        let fig = |s: Option<&Stats>| {
+            s.map(|s| format!("{:.0} ms", s.median))
+                .unwrap_or("-".into())
+        };
+        println!(
+            "{backend:<8} {:>6} {:>17} {:>13}{}",
+            a.turns,
+            fig(a.first_line_ms.as_ref()),
+            fig(a.result_ms.as_ref()),
+            a.error
+                .as_ref()
+                .map(|e| format!("  FAILED: {e}"))
+                .unwrap_or_default()
         );
     }
 }

@@ -351,6 +351,7 @@ mod tests {
             sessions: 1,
             files: 10,
             big_mib: 1,
+            agent_turns: 0,
         };
         let s = guest_script(&p).unwrap_or_default();
         assert!(s.ends_with('\n') && s.matches('\n').count() == 1);
