@@ -319,10 +319,78 @@ where
                 error: "upstream closed".into(),
             };
         }
-        Outcome::Forwarded { host, port }
+        // The response tells the client this connection ends with it, so
+        // a keep-alive client does not send its next request (perhaps for
+        // another host) down this upstream connection.
+        relay_one_response(client, upstream).await;
+        return Outcome::Forwarded { host, port };
     };
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     outcome
+}
+
+/// The most of a response head that is rewritten; a longer one passes
+/// through as it is.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A response head with its connection headers replaced by
+/// `Connection: close`; `None` when `head` is not a complete head.
+fn close_response_head(head: &[u8]) -> Option<Vec<u8>> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let text = std::str::from_utf8(&head[..end]).ok()?;
+    let mut out = String::with_capacity(end + 24);
+    for (i, line) in text.split("\r\n").enumerate() {
+        let name = line.split(':').next().unwrap_or_default().trim();
+        let hop = ["connection", "keep-alive", "proxy-connection"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h));
+        if i == 0 || !hop {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&head[end + 4..]);
+    Some(bytes)
+}
+
+/// Relays one forwarded request's body up and its response down (its head
+/// saying `Connection: close`), and ends with the upstream's response.
+async fn relay_one_response<S>(client: S, upstream: tokio::net::TcpStream)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = upstream.into_split();
+    let up = async {
+        let _ = tokio::io::copy(&mut cr, &mut uw).await;
+        let _ = uw.shutdown().await;
+        // The client is done sending; the response may still be coming.
+        std::future::pending::<()>().await;
+    };
+    let down = async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+            if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() > MAX_RESPONSE_HEAD {
+                break;
+            }
+        }
+        let first = close_response_head(&head).unwrap_or(head);
+        if cw.write_all(&first).await.is_ok() {
+            let _ = tokio::io::copy(&mut ur, &mut cw).await;
+        }
+        let _ = cw.shutdown().await;
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
 }
 
 #[cfg(test)]
@@ -337,9 +405,11 @@ mod tests {
             let (mut s, _) = l.accept().await.unwrap();
             let mut buf = vec![0u8; 4096];
             let n = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-                .await
-                .unwrap();
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+            )
+            .await
+            .unwrap();
             String::from_utf8_lossy(&buf[..n]).into_owned()
         });
         (port, h)
@@ -372,6 +442,11 @@ mod tests {
             }
         );
         assert!(reply.ends_with("hi"), "{reply}");
+        assert!(
+            reply.contains("\r\nConnection: close\r\n")
+                && !reply.to_ascii_lowercase().contains("keep-alive"),
+            "the client is told the connection ends with this response: {reply}"
+        );
         let seen = seen.await.unwrap();
         assert!(seen.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{seen}");
         assert!(
