@@ -1,6 +1,8 @@
 //! `manifest.json` beside the artifacts: what went in (input versions, the
 //! kernel config's hash, the agent's hash) and each artifact's sha256. The
-//! helper refuses an artifact whose hash does not match.
+//! helper refuses an artifact whose hash does not match. Each rootfs's
+//! package versions are recorded too, so two images can be compared by what
+//! they hold and a rebuild from the same versions checked byte for byte.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -10,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const MANIFEST: &str = "manifest.json";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: several rootfs profiles per directory (inputs keyed `<profile>.<key>`)
+/// and `packages`. Version 1 manifests still load (no packages).
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -23,10 +27,15 @@ pub struct Artifact {
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub format_version: u32,
+    /// The profile the kvm backend boots (`rootfs-<profile>.ext4`); other
+    /// profiles built alongside (for tests) are in `artifacts` too.
     pub profile: String,
     pub source_date_epoch: u64,
     /// Everything that determines the artifacts; equal inputs, equal bytes.
     pub inputs: BTreeMap<String, String>,
+    /// Per profile, every package in its rootfs as `name=version`, sorted.
+    #[serde(default)]
+    pub packages: BTreeMap<String, Vec<String>>,
     /// File name (beside the manifest) to its hash and size.
     pub artifacts: BTreeMap<String, Artifact>,
 }
@@ -125,6 +134,7 @@ mod tests {
             profile: "minimal".into(),
             source_date_epoch: 1,
             inputs: BTreeMap::new(),
+            packages: BTreeMap::new(),
             artifacts: [("a.img".to_string(), Artifact { sha256, size })].into(),
         };
         m.write(t.path()).unwrap();
