@@ -337,3 +337,22 @@ fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manife
     progress(&format!("done: {}", opts.out.display()));
     Ok(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_lists_keep_order_and_drop_repeats() {
+        assert_eq!(
+            Profile::parse_list("standard,minimal,standard"),
+            Some(vec![Profile::Standard, Profile::Minimal])
+        );
+        assert_eq!(
+            Profile::parse_list(" minimal "),
+            Some(vec![Profile::Minimal])
+        );
+        assert_eq!(Profile::parse_list("standard,big"), None);
+        assert_eq!(Profile::parse_list(""), None);
+    }
+}

@@ -150,4 +150,17 @@ mod tests {
             Err(VerifyError::Missing(_))
         ));
     }
+
+    #[test]
+    fn a_version_1_manifest_still_loads() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(
+            t.path().join(MANIFEST),
+            br#"{"formatVersion":1,"profile":"minimal","sourceDateEpoch":1,
+                "inputs":{"profile":"minimal"},"artifacts":{}}"#,
+        )
+        .unwrap();
+        let m = Manifest::load(t.path()).unwrap();
+        assert_eq!((m.format_version, m.packages.len()), (1, 0));
+    }
 }
