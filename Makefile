@@ -3,7 +3,12 @@ CARGO ?= cargo
 # What `make run` runs in a session: make run CMD='ls -la'
 CMD ?= sh -c 'echo "hello from $$PWD as $$(id -un)"; ls'
 PREFIX ?= /usr/local
-PROFILE ?= minimal
+# The rootfs profiles `make image` builds: the first is the one the manifest
+# names and the kvm backend boots (standard: Debian with what the Claude Code
+# CLI needs; root and mmdebstrap); minimal (busybox, no root needed) is built
+# beside it because the VMM tests, the benchmark and the nested harness boot
+# rootfs-minimal.ext4. `make image PROFILE=minimal` builds minimal alone.
+PROFILE ?= standard,minimal
 # Where `make image` puts the kernel, rootfs and manifest (empty: the default,
 # $COWORK_VM_IMAGE_DIR or ~/.local/share/cowork-microvm/images).
 IMAGE_DIR ?=
@@ -29,7 +34,7 @@ agent: ## the static guest agent ($(AGENT))
 agent-cli: ## fetch the pinned Claude Code CLI (npm, integrity-checked) into ~/.cache/cowork-microvm/claude-code
 	tests/agent/fetch-claude.sh
 
-image: release agent ## guest kernel + PROFILE rootfs + manifest (kernel cached by input hash)
+image: release agent ## guest kernel + PROFILE rootfs images + manifest (kernel cached by input hash; standard needs root)
 	./target/release/cowork-microvm image build --profile $(PROFILE) --agent $(AGENT) $(if $(IMAGE_DIR),--out $(IMAGE_DIR))
 
 repro: release agent ## build kernel and rootfs twice from scratch and compare hashes

@@ -105,9 +105,12 @@ pub struct RunArgs {
 pub enum ImageCommand {
     /// Build the kernel and a rootfs (reproducibly; cached by input hash).
     Build {
-        /// minimal (agent and busybox; what tests boot) or standard (Debian
-        /// bookworm with the tools a coding agent expects; needs root).
-        #[arg(long, default_value = "minimal")]
+        /// standard (Debian bookworm with what a coding agent and its
+        /// tools expect; needs root and mmdebstrap) or minimal (the agent
+        /// and busybox; what the VMM tests boot), or both as a list
+        /// (standard,minimal): the first is the one the manifest names and
+        /// the kvm backend boots.
+        #[arg(long, default_value = "standard")]
         profile: String,
         /// Output directory [default: $COWORK_VM_IMAGE_DIR or
         /// $XDG_DATA_HOME/cowork-microvm/images].

@@ -30,14 +30,14 @@ pub fn main(cmd: ImageCommand) -> Result<i32> {
             agent,
             no_kernel,
         } => {
-            let Some(profile) = Profile::parse(&profile) else {
-                bail!("unknown profile {profile:?}: use minimal or standard");
+            let Some(profiles) = Profile::parse_list(&profile) else {
+                bail!("unknown profile {profile:?}: use minimal, standard, or a list such as standard,minimal");
             };
             let agent = agent.or_else(default_agent).context(
                 "no guest agent found beside this binary: build it with `make image`, or pass --agent PATH",
             )?;
             let opts = BuildOptions {
-                profile,
+                profiles,
                 out: out.unwrap_or_else(|| image_dir(&home)),
                 agent,
                 kernel: !no_kernel,

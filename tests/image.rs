@@ -78,6 +78,16 @@ fn minimal_rootfs_builds_reproducibly() {
         assert!(st.success());
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        // The busybox it was made with is recorded, and the rootfs inputs
+        // are keyed by profile (several profiles share one directory).
+        assert!(
+            m["packages"]["minimal"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("busybox-static=")),
+            "{m}"
+        );
+        assert!(m["inputs"]["minimal.agentSha256"].is_string(), "{m}");
+        assert_eq!(m["profile"], "minimal");
         hashes.push(
             m["artifacts"]["rootfs-minimal.ext4"]["sha256"]
                 .as_str()
@@ -95,14 +105,21 @@ fn minimal_rootfs_builds_reproducibly() {
     let out = t.path().join("a");
     let t0 = Instant::now();
     let o = Command::new(BIN)
-        .args(["image", "build", "--no-kernel", "--agent"])
+        .args([
+            "image",
+            "build",
+            "--no-kernel",
+            "--profile",
+            "minimal",
+            "--agent",
+        ])
         .arg(&agent)
         .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("up to date"),
+        String::from_utf8_lossy(&o.stderr).contains("rootfs-minimal.ext4: up to date"),
         "{o:?}"
     );
     eprintln!("cached rebuild took {:?}", t0.elapsed());
@@ -130,6 +147,8 @@ fn minimal_rootfs_builds_reproducibly() {
             "image",
             "build",
             "--no-kernel",
+            "--profile",
+            "minimal",
             "--agent",
             env!("CARGO_BIN_EXE_cowork-microvm"),
             "--out",

@@ -96,6 +96,9 @@ impl KvmBackend {
         let base = [
             ("HOME".to_string(), home.clone()),
             ("PATH".to_string(), path),
+            // The image's locale (nothing in the guest reads
+            // /etc/default/locale); the app's env may say otherwise.
+            ("LANG".to_string(), "C.UTF-8".to_string()),
             ("HTTP_PROXY".to_string(), proxy.clone()),
             ("HTTPS_PROXY".to_string(), proxy.clone()),
             ("http_proxy".to_string(), proxy.clone()),

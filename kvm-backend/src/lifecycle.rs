@@ -347,7 +347,7 @@ impl KvmBackend {
         self.step("verifyImage", "started").await;
         let images = self.cfg.images.clone();
         let manifest =
-            tokio::task::spawn_blocking(move || cowork_rootfs::manifest::verify_dir(&images))
+            tokio::task::spawn_blocking(move || cowork_rootfs::manifest::verify_boot(&images))
                 .await
                 .map_err(|e| BackendError::invalid("image check", e.to_string()))?
                 .map_err(|e| unavailable(e.to_string()))?;

@@ -21,6 +21,7 @@ pub const KERNEL_SCRIPT: &str = include_str!("../build-kernel.sh");
 pub const SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
 pub const KERNEL: &str = "vmlinux";
 pub const BUSYBOX: &str = "/bin/busybox";
+/// The standard profile's packages come from here (and `-security` beside it).
 pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,19 @@ impl Profile {
     pub fn rootfs_file(self) -> String {
         format!("rootfs-{}.ext4", self.name())
     }
+
+    /// A comma-separated list (`standard,minimal`), without repeats; the
+    /// first is the profile the image's manifest names.
+    pub fn parse_list(s: &str) -> Option<Vec<Profile>> {
+        let mut out = Vec::new();
+        for name in s.split(',') {
+            let p = Profile::parse(name.trim())?;
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +79,10 @@ pub enum BuildError {
 }
 
 pub struct BuildOptions {
-    pub profile: Profile,
+    /// The rootfs profiles to build into `out`; the first is the one the
+    /// manifest names, which the kvm backend boots. The others are there
+    /// for whoever asks for their file (tests boot `rootfs-minimal.ext4`).
+    pub profiles: Vec<Profile>,
     pub out: PathBuf,
     pub agent: PathBuf,
     /// Build the kernel too (skipped by tests that only check the rootfs).
@@ -92,11 +109,11 @@ fn check_tools(opts: &BuildOptions) -> Result<(), BuildError> {
     if !have("mke2fs") || !have("debugfs") {
         missing.push("e2fsprogs");
     }
-    if opts.profile == Profile::Minimal && !Path::new(BUSYBOX).exists() {
+    if opts.profiles.contains(&Profile::Minimal) && !Path::new(BUSYBOX).exists() {
         missing.push("busybox-static");
     }
-    if opts.profile == Profile::Standard && !have("debootstrap") {
-        missing.push("debootstrap");
+    if opts.profiles.contains(&Profile::Standard) && !have("mmdebstrap") {
+        missing.push("mmdebstrap");
     }
     if opts.kernel {
         for (tool, pkg) in [
@@ -128,9 +145,9 @@ fn check_tools(opts: &BuildOptions) -> Result<(), BuildError> {
     }
 }
 
-fn busybox_version() -> String {
+fn host_package_version(package: &str) -> String {
     Command::new("dpkg-query")
-        .args(["-W", "-f=${Version}", "busybox-static"])
+        .args(["-W", "-f=${Version}", package])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -172,9 +189,15 @@ fn build_kernel(opts: &BuildOptions, work: &Path) -> Result<BTreeMap<String, Str
         .collect())
 }
 
-/// The inputs that decide the rootfs: if a manifest in `out` has the same
-/// ones and its artifacts verify, nothing is rebuilt.
-fn rootfs_inputs(opts: &BuildOptions) -> Result<BTreeMap<String, String>, BuildError> {
+/// The inputs that decide one profile's rootfs, keyed `<profile>.<key>`:
+/// if a manifest in `out` has the same ones and the file verifies, that
+/// rootfs is not rebuilt. For the standard profile that includes the apt
+/// sources but not the mirror's state: a rebuild with new package versions
+/// needs the old rootfs (or manifest) removed.
+fn rootfs_inputs(
+    opts: &BuildOptions,
+    profile: Profile,
+) -> Result<BTreeMap<String, String>, BuildError> {
     let (agent_sha, _) = sha256_file(&opts.agent)
         .map_err(|e| BuildError::Step(format!("agent {}: {e}", opts.agent.display())))?;
     let mut inputs = BTreeMap::from([
@@ -183,18 +206,44 @@ fn rootfs_inputs(opts: &BuildOptions) -> Result<BTreeMap<String, String>, BuildE
             "builder".to_string(),
             sha256_bytes(concat!(include_str!("tree.rs"), include_str!("ext4.rs")).as_bytes()),
         ),
-        ("profile".to_string(), opts.profile.name().to_string()),
     ]);
-    match opts.profile {
-        Profile::Minimal => inputs.insert("busyboxStatic".into(), busybox_version()),
-        Profile::Standard => inputs.insert("debianSuite".into(), "bookworm".into()),
-    };
-    Ok(inputs)
+    match profile {
+        Profile::Minimal => {
+            inputs.insert(
+                "busyboxStatic".into(),
+                host_package_version("busybox-static"),
+            );
+        }
+        Profile::Standard => {
+            inputs.insert(
+                "debianSources".into(),
+                tree::standard_sources(DEBIAN_MIRROR).join("; "),
+            );
+            inputs.insert("packages".into(), tree::STANDARD_PACKAGES.join(","));
+            inputs.insert("mmdebstrap".into(), host_package_version("mmdebstrap"));
+        }
+    }
+    Ok(inputs
+        .into_iter()
+        .map(|(k, v)| (format!("{}.{k}", profile.name()), v))
+        .collect())
 }
 
-/// Builds (or finds cached) the kernel and the profile's rootfs in
+fn inputs_of(m: &Manifest, profile: Profile) -> BTreeMap<String, String> {
+    let prefix = format!("{}.", profile.name());
+    m.inputs
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Builds (or finds cached) the kernel and each profile's rootfs in
 /// `opts.out`, writes the manifest and returns it.
 pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
+    let Some(&primary) = opts.profiles.first() else {
+        return Err(BuildError::Step("no profile to build".into()));
+    };
     check_tools(opts)?;
     if tree::is_dynamic(&opts.agent)
         .map_err(|e| BuildError::Step(format!("agent {}: {e}", opts.agent.display())))?
@@ -206,52 +255,104 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
     let work = opts.out.join(format!(".build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| BuildError::Step(e.to_string()))?;
-    let result = build_in(opts, &work);
+    let result = build_in(opts, primary, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn build_in(opts: &BuildOptions, work: &Path) -> Result<Manifest, BuildError> {
-    let mut inputs = rootfs_inputs(opts)?;
-    if opts.kernel {
-        inputs.extend(build_kernel(opts, work)?);
-    }
-    let rootfs = opts.profile.rootfs_file();
-    let cached = Manifest::load(&opts.out)
-        .ok()
-        .filter(|m| m.inputs == inputs && m.verify(&opts.out).is_ok());
-    if let Some(m) = cached {
-        progress(&format!("{rootfs}: up to date ({})", opts.out.display()));
-        return Ok(m);
-    }
-    progress(&format!("{} rootfs tree", opts.profile.name()));
-    let root = work.join("root");
-    std::fs::create_dir_all(&root).map_err(|e| BuildError::Step(e.to_string()))?;
-    match opts.profile {
-        Profile::Minimal => tree::minimal(&root, &opts.agent, Path::new(BUSYBOX))?,
-        Profile::Standard => tree::standard(&root, &opts.agent, DEBIAN_MIRROR)?,
-    }
-    progress(&format!("{rootfs} (ext4, reproducible)"));
-    ext4::make_image(&root, &opts.out.join(&rootfs), SOURCE_DATE_EPOCH, work)?;
-    let mut artifacts = BTreeMap::new();
-    let mut names = vec![rootfs];
-    if opts.kernel {
-        names.push(KERNEL.to_string());
-    }
-    for name in names {
-        let (sha256, size) = sha256_file(&opts.out.join(&name))
-            .map_err(|e| BuildError::Step(format!("{name}: {e}")))?;
-        artifacts.insert(name, Artifact { sha256, size });
-    }
-    let m = Manifest {
+fn artifact(out: &Path, name: &str) -> Result<Artifact, BuildError> {
+    let (sha256, size) =
+        sha256_file(&out.join(name)).map_err(|e| BuildError::Step(format!("{name}: {e}")))?;
+    Ok(Artifact { sha256, size })
+}
+
+fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manifest, BuildError> {
+    let old = Manifest::load(&opts.out).ok();
+    let mut m = Manifest {
         format_version: FORMAT_VERSION,
-        profile: opts.profile.name().into(),
+        profile: primary.name().into(),
         source_date_epoch: SOURCE_DATE_EPOCH,
-        inputs,
-        artifacts,
+        inputs: BTreeMap::new(),
+        packages: BTreeMap::new(),
+        artifacts: BTreeMap::new(),
     };
+    if opts.kernel {
+        m.inputs.extend(build_kernel(opts, work)?);
+        m.artifacts
+            .insert(KERNEL.to_string(), artifact(&opts.out, KERNEL)?);
+    }
+    for &profile in &opts.profiles {
+        let inputs = rootfs_inputs(opts, profile)?;
+        let rootfs = profile.rootfs_file();
+        let cached = old.as_ref().and_then(|o| {
+            let a = o.artifacts.get(&rootfs)?;
+            let fresh = inputs_of(o, profile) == inputs
+                && sha256_file(&opts.out.join(&rootfs)).ok()?.0 == a.sha256;
+            fresh.then(|| (a.clone(), o.packages.get(profile.name()).cloned()))
+        });
+        if let Some((a, packages)) = cached {
+            progress(&format!("{rootfs}: up to date ({})", opts.out.display()));
+            m.artifacts.insert(rootfs, a);
+            if let Some(p) = packages {
+                m.packages.insert(profile.name().into(), p);
+            }
+            m.inputs.extend(inputs);
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        progress(&format!("{} rootfs tree", profile.name()));
+        let root = work.join(format!("root-{}", profile.name()));
+        std::fs::create_dir_all(&root).map_err(|e| BuildError::Step(e.to_string()))?;
+        let packages = match profile {
+            Profile::Minimal => {
+                tree::minimal(&root, &opts.agent, Path::new(BUSYBOX))?;
+                vec![format!(
+                    "busybox-static={}",
+                    host_package_version("busybox-static")
+                )]
+            }
+            Profile::Standard => {
+                let sources = tree::standard_sources(DEBIAN_MIRROR);
+                tree::standard(&root, &opts.agent, &sources, SOURCE_DATE_EPOCH)?;
+                tree::packages(&root)?
+            }
+        };
+        progress(&format!("{rootfs} (ext4, reproducible)"));
+        ext4::make_image(&root, &opts.out.join(&rootfs), SOURCE_DATE_EPOCH, work)?;
+        // The tree of the standard profile is a few hundred MB.
+        let _ = std::fs::remove_dir_all(&root);
+        let a = artifact(&opts.out, &rootfs)?;
+        progress(&format!(
+            "{rootfs}: {} MiB, {} packages, built in {:.0?}",
+            a.size >> 20,
+            packages.len(),
+            t0.elapsed()
+        ));
+        m.artifacts.insert(rootfs, a);
+        m.packages.insert(profile.name().into(), packages);
+        m.inputs.extend(inputs);
+    }
     m.write(&opts.out)
         .map_err(|e| BuildError::Step(format!("manifest: {e}")))?;
     progress(&format!("done: {}", opts.out.display()));
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_lists_keep_order_and_drop_repeats() {
+        assert_eq!(
+            Profile::parse_list("standard,minimal,standard"),
+            Some(vec![Profile::Standard, Profile::Minimal])
+        );
+        assert_eq!(
+            Profile::parse_list(" minimal "),
+            Some(vec![Profile::Minimal])
+        );
+        assert_eq!(Profile::parse_list("standard,big"), None);
+        assert_eq!(Profile::parse_list(""), None);
+    }
 }

@@ -96,25 +96,79 @@ pub fn minimal(root: &Path, agent: &Path, busybox: &Path) -> Result<(), BuildErr
     Ok(())
 }
 
-/// Debian bookworm minbase plus what a coding agent expects to find.
-pub fn standard(root: &Path, agent: &Path, mirror: &str) -> Result<(), BuildError> {
+/// The Debian release the standard profile is made from.
+pub const STANDARD_SUITE: &str = "bookworm";
+
+/// What the standard profile adds to Debian's essential set: what a coding
+/// agent (the Claude Code CLI, a glibc executable) and its tools expect.
+pub const STANDARD_PACKAGES: [&str; 8] = [
+    "bash",
+    "ca-certificates",
+    "coreutils",
+    "curl",
+    "git",
+    "procps",
+    "python3",
+    "ripgrep",
+];
+
+/// Documentation that only takes room in a read-only image; licences stay.
+const DPKG_EXCLUDES: [&str; 5] = [
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+];
+
+/// The apt sources of the standard profile: the release, its updates and
+/// its security fixes, from `mirror` (`.../debian`) and its `-security`
+/// sibling.
+pub fn standard_sources(mirror: &str) -> Vec<String> {
+    let m = mirror.trim_end_matches('/');
+    vec![
+        format!("deb {m} {STANDARD_SUITE} main"),
+        format!("deb {m} {STANDARD_SUITE}-updates main"),
+        format!("deb {m}-security {STANDARD_SUITE}-security main"),
+    ]
+}
+
+/// Debian bookworm (the essential set, no apt: the image is read-only and
+/// sessions are not root) plus [`STANDARD_PACKAGES`], made by mmdebstrap,
+/// which gives the same tree from the same package versions when
+/// SOURCE_DATE_EPOCH is set.
+pub fn standard(
+    root: &Path,
+    agent: &Path,
+    sources: &[String],
+    epoch: u64,
+) -> Result<(), BuildError> {
     if !nix_is_root() {
         return Err(BuildError::NeedsRoot(
-            "the standard profile runs debootstrap, which needs root: run `sudo make image PROFILE=standard` (the minimal profile builds without root)".into(),
+            "the standard profile runs mmdebstrap in root mode, which needs root: run `sudo make image` \
+             (or `make image PROFILE=minimal`, which builds without root). Unprivileged \
+             `mmdebstrap --mode=unshare` can only hand over a tarball, and making the ext4 image \
+             from one needs e2fsprogs 1.47.1 or newer (mke2fs -d TARBALL)"
+                .into(),
         ));
     }
-    let status = Command::new("debootstrap")
-        .args([
-            "--variant=minbase",
-            "--include=bash,coreutils,git,curl,ca-certificates,python3,ripgrep",
-            "bookworm",
-        ])
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("LC_ALL", "C.UTF-8")
+        .args(["--mode=root", "--format=directory", "--variant=essential"])
+        .arg(format!("--include={}", STANDARD_PACKAGES.join(",")));
+    for opt in DPKG_EXCLUDES {
+        cmd.arg(format!("--dpkgopt={opt}"));
+    }
+    // The host's resolv.conf and hostname would make the tree depend on
+    // the build machine.
+    cmd.arg("--customize-hook=rm -f \"$1/etc/resolv.conf\" \"$1/etc/hostname\"")
+        .arg(STANDARD_SUITE)
         .arg(root)
-        .arg(mirror)
-        .status()
-        .map_err(io("debootstrap"))?;
+        .args(sources);
+    let status = cmd.status().map_err(io("mmdebstrap"))?;
     if !status.success() {
-        return Err(BuildError::Step(format!("debootstrap failed ({status})")));
+        return Err(BuildError::Step(format!("mmdebstrap failed ({status})")));
     }
     // No logs, caches or machine identity in a reproducible image.
     for rel in [
@@ -123,7 +177,6 @@ pub fn standard(root: &Path, agent: &Path, mirror: &str) -> Result<(), BuildErro
         "var/log",
         "etc/machine-id",
         "var/lib/dbus/machine-id",
-        "debootstrap",
     ] {
         let p = root.join(rel);
         if p.is_dir() {
@@ -133,7 +186,61 @@ pub fn standard(root: &Path, agent: &Path, mirror: &str) -> Result<(), BuildErro
             let _ = std::fs::remove_file(&p);
         }
     }
+    // Every file is owned by root in the image (ext4.rs), so a setuid or
+    // setgid bit (su, newgrp, unix_chkpwd) would mean root; sessions run
+    // with no_new_privs anyway, and need none of them.
+    strip_setid(root)?;
+    // The app spawns /usr/local/bin/claude there (the kvm backend mounts
+    // the SDK over it), and sessions get a UTF-8 locale (C.UTF-8 is in
+    // libc-bin; this file is for tools that read it, the host still passes
+    // LANG).
+    std::fs::create_dir_all(root.join("usr/local/bin")).map_err(io("usr/local/bin"))?;
+    write(root, "etc/default/locale", "LANG=C.UTF-8\n")?;
     common_files(root, agent)
+}
+
+fn strip_setid(dir: &Path) -> Result<(), BuildError> {
+    let rd = std::fs::read_dir(dir).map_err(io("reading the tree"))?;
+    for entry in rd {
+        let entry = entry.map_err(io("reading the tree"))?;
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(io("reading the tree"))?;
+        if meta.is_dir() {
+            strip_setid(&entry.path())?;
+        } else if meta.is_file() && meta.permissions().mode() & 0o6000 != 0 {
+            let mode = meta.permissions().mode() & !0o6000;
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(io("clearing setuid bits"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Every package in the tree at `root`, as sorted `name=version` lines.
+pub fn packages(root: &Path) -> Result<Vec<String>, BuildError> {
+    let out = Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("var/lib/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f=${db:Status-Status} ${binary:Package}=${Version}\n",
+        ])
+        .output()
+        .map_err(io("dpkg-query"))?;
+    if !out.status.success() {
+        return Err(BuildError::Step(format!(
+            "dpkg-query failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let mut list: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("installed "))
+        .map(str::to_string)
+        .collect();
+    list.sort();
+    Ok(list)
 }
 
 fn nix_is_root() -> bool {

@@ -15,8 +15,8 @@ helper=$(realpath "${1:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
 images=$(realpath "${2:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
 result=${3:-}
 cache=${COWORK_VM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cowork-microvm}/outer
-for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb; do
-    command -v "$tool" >/dev/null || { echo "e2e-nested: $tool is missing (sudo apt-get install qemu-system-x86 cpio apt)" >&2; exit 2; }
+for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb python3; do
+    command -v "$tool" >/dev/null || { echo "e2e-nested: $tool is missing (sudo apt-get install qemu-system-x86 cpio apt python3)" >&2; exit 2; }
 done
 [ -x /bin/busybox ] || { echo "e2e-nested: /bin/busybox is missing (sudo apt-get install busybox-static)" >&2; exit 2; }
 for f in vmlinux rootfs-minimal.ext4; do
@@ -50,7 +50,18 @@ echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
 for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo dmesg cut; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
-cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$images/manifest.json" "$root/guest/"
+cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$root/guest/"
+# The image directory may name another profile (make image builds standard
+# and minimal; standard is the default): the outer machine gets the kernel
+# and minimal rootfs only, with a manifest that names minimal and lists just
+# those two, so the kvm backend boots and verifies what is there.
+python3 - "$images/manifest.json" >"$root/guest/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["profile"] = "minimal"
+m["artifacts"] = {k: v for k, v in m["artifacts"].items() if k in ("vmlinux", "rootfs-minimal.ext4")}
+json.dump(m, sys.stdout, indent=2)
+PY
 copy_with_libs() {
     local bin=$1 dest=$2
     mkdir -p "$root$(dirname "$dest")"
