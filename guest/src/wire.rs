@@ -58,6 +58,14 @@ pub enum HostMsg {
         req: u64,
         session: String,
     },
+    /// The session has gone idle on the host: every process still running
+    /// as its user (daemons that outlived the spawned process included) is
+    /// killed, so none can hold on to its shares or its uid; answered with
+    /// `Done` once they are gone, or `Failed`.
+    EndSession {
+        req: u64,
+        session: String,
+    },
     /// The payload goes to the process's stdin.
     Stdin {
         id: String,
