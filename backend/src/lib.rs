@@ -13,6 +13,7 @@ pub mod paths;
 pub mod session_data;
 pub mod signal;
 pub mod spawn_env;
+pub mod tree;
 pub mod utf8;
 pub mod wire;
 

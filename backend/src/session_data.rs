@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::api::{DeleteResult, DiskInfo, PruneRequest, PruneResult, SessionDiskEntry};
 use crate::error::{BackendError, Result};
+use crate::tree;
 
 pub const TMP_DIR: &str = "tmp";
 pub const CACHE_DIR: &str = ".cache";
@@ -112,10 +113,20 @@ impl SessionStore {
                         "it has running processes; kill them first",
                     ));
                 }
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dir).map_err(|e| {
-                        BackendError::io(format!("cannot delete {}", dir.display()), e)
-                    }),
+                // By descriptor from the store's root: no symlink the
+                // session planted is followed, no mounted folder entered.
+                let root = tree::open_dir(None, &self.root)
+                    .map_err(|e| BackendError::io("no session directories", e))?;
+                let dev = tree::device(&root)
+                    .map_err(|e| BackendError::io("no session directories", e))?;
+                match tree::stat_at(&root, std::ffi::OsStr::new(name)) {
+                    Ok(st) if tree::is_dir(&st) => {
+                        tree::remove_at(&root, std::ffi::OsStr::new(name), dev)
+                            .map(|_| ())
+                            .map_err(|e| {
+                                BackendError::io(format!("cannot delete {}", dir.display()), e)
+                            })
+                    }
                     Ok(_) => Err(BackendError::invalid("session", "not a directory")),
                     Err(e) => Err(BackendError::io("no such session directory", e)),
                 }
@@ -146,14 +157,12 @@ impl SessionStore {
                 res.skipped_sessions.push(name);
                 continue;
             }
-            let dir = self.root.join(&name);
             let mut freed = 0;
             let mut errors = Vec::new();
-            let cache = dir.join(CACHE_DIR);
-            freed += remove_contents(&cache, None, &mut errors);
+            freed += remove_contents(&self.root, &name, CACHE_DIR, None, &mut errors);
             if req.include_session_tmp.unwrap_or(false) {
                 let cutoff = SystemTime::now().checked_sub(tmp_age);
-                freed += remove_contents(&dir.join(TMP_DIR), cutoff, &mut errors);
+                freed += remove_contents(&self.root, &name, TMP_DIR, cutoff, &mut errors);
             }
             if !errors.is_empty() {
                 res.errors.insert(name.clone(), errors.join("; "));
@@ -227,32 +236,49 @@ fn tree_usage(p: &Path, older_than: Option<SystemTime>) -> Usage {
     u
 }
 
-/// Removes the entries of `dir` (not `dir` itself), only those last
-/// modified before `cutoff` when given. Returns the bytes freed.
-fn remove_contents(dir: &Path, cutoff: Option<SystemTime>, errors: &mut Vec<String>) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
+/// Removes the entries of `<root>/<session>/<sub>` (not the directory
+/// itself), only those last modified before `cutoff` when given; the bytes
+/// freed. Every step is by descriptor without following symlinks, and
+/// nothing on another file system is entered: a session that turns its
+/// cache into a link to another session's directory, or to a shared
+/// folder, gets its link removed, nothing else.
+fn remove_contents(
+    root: &Path,
+    session: &str,
+    sub: &str,
+    cutoff: Option<SystemTime>,
+    errors: &mut Vec<String>,
+) -> u64 {
+    let opened = tree::open_dir(None, root).and_then(|r| {
+        let dev = tree::device(&r)?;
+        let s = tree::open_dir(Some(&r), Path::new(session))?;
+        let d = tree::open_dir(Some(&s), Path::new(sub))?;
+        Ok((d, dev))
+    });
+    let Ok((dir, dev)) = opened else {
+        return 0;
+    };
+    let Ok(names) = tree::entries(&dir) else {
         return 0;
     };
     let mut freed = 0;
-    for entry in rd.flatten() {
-        let path = entry.path();
-        let Ok(m) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
+    for name in names {
         if let Some(cut) = cutoff {
-            if m.modified().map(|t| t >= cut).unwrap_or(true) {
+            let Ok(st) = tree::stat_at(&dir, &name) else {
+                continue;
+            };
+            let modified =
+                UNIX_EPOCH + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0));
+            if modified >= cut {
                 continue;
             }
         }
-        let size = tree_usage(&path, None).bytes;
-        let r = if m.is_dir() {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        match r {
-            Ok(()) => freed += size,
-            Err(e) => errors.push(format!("{}: {e}", path.display())),
+        match tree::remove_at(&dir, &name, dev) {
+            Ok(n) => freed += n,
+            Err(e) => errors.push(format!(
+                "{session}/{sub}/{}: {e}",
+                Path::new(&name).display()
+            )),
         }
     }
     freed
@@ -315,5 +341,37 @@ mod tests {
         assert_eq!(del.deleted, vec!["a".to_string()]);
         assert_eq!(del.errors.len(), 3);
         assert!(!a.exists());
+    }
+
+    #[test]
+    fn a_session_cannot_steer_prune_or_delete_elsewhere() {
+        let t = tempfile::tempdir().unwrap();
+        let store = SessionStore::new(t.path().join("sessions"));
+        let a = store.ensure("a").unwrap();
+        let b = store.ensure("b").unwrap();
+        std::fs::write(b.join(CACHE_DIR).join("b-cache"), "b").unwrap();
+        std::fs::write(b.join("work"), "b's work").unwrap();
+        // a turns its cache and tmp into links to b's directory and to the
+        // store itself.
+        std::fs::remove_dir(a.join(CACHE_DIR)).unwrap();
+        std::os::unix::fs::symlink(&b, a.join(CACHE_DIR)).unwrap();
+        std::fs::remove_dir(a.join(TMP_DIR)).unwrap();
+        std::os::unix::fs::symlink(store.root(), a.join(TMP_DIR)).unwrap();
+        let active: HashSet<String> = ["b".to_string()].into();
+        store
+            .prune(
+                &PruneRequest {
+                    include_session_tmp: Some(true),
+                    ..Default::default()
+                },
+                &active,
+            )
+            .unwrap();
+        assert!(b.join("work").exists(), "prune followed a's link into b");
+        assert!(b.join(CACHE_DIR).join("b-cache").exists());
+        // Deleting a removes its links, not what they point at.
+        let del = store.delete(&["a".into()], &HashSet::new());
+        assert_eq!(del.deleted, ["a"], "{del:?}");
+        assert!(b.join("work").exists(), "delete followed a's link into b");
     }
 }
