@@ -23,12 +23,25 @@ pub struct Session {
 }
 
 /// What an idle session gives back: the guest paths to unmount and the
-/// shares to unexport.
+/// shares to unexport (given back with [`Sessions::restore`] when the
+/// guest could not unmount them).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Released {
     pub session: String,
-    pub mounts: Vec<String>,
-    pub shares: Vec<String>,
+    /// Guest path → share.
+    pub mounts: BTreeMap<String, String>,
+    /// (host folder, read-only) → share.
+    pub exported: Vec<((PathBuf, bool), String)>,
+}
+
+impl Released {
+    /// The shares to unexport, each once.
+    pub fn shares(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.exported.iter().map(|(_, s)| s.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,17 +114,24 @@ impl Sessions {
             if s.mounts.is_empty() && s.exported.is_empty() {
                 continue;
             }
-            let mut shares: Vec<String> = s.exported.drain().map(|(_, v)| v).collect();
-            shares.sort();
-            shares.dedup();
+            let mut exported: Vec<_> = s.exported.drain().collect();
+            exported.sort();
             out.push(Released {
                 session: name.clone(),
-                mounts: std::mem::take(&mut s.mounts).into_keys().collect(),
-                shares,
+                mounts: std::mem::take(&mut s.mounts),
+                exported,
             });
         }
         out.sort_by(|a, b| a.session.cmp(&b.session));
         out
+    }
+
+    /// Takes back what could not be released (the guest still has it
+    /// mounted): it stays exported and the session's own.
+    pub fn restore(&mut self, r: Released) {
+        let s = self.get_mut(&r.session);
+        s.mounts.extend(r.mounts);
+        s.exported.extend(r.exported);
     }
 }
 
@@ -156,20 +176,31 @@ mod tests {
         mounted(&mut s, "a", "/sessions/a/mnt/x", "s1");
         mounted(&mut s, "b", "/sessions/b/mnt/y", "s2");
         let released = s.release_idle(|id| id == "pb");
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].session, "a");
         assert_eq!(
-            released,
-            [Released {
-                session: "a".into(),
-                mounts: vec!["/sessions/a/mnt/x".into()],
-                shares: vec!["s1".into()],
-            }]
+            released[0].mounts.keys().collect::<Vec<_>>(),
+            ["/sessions/a/mnt/x"]
         );
+        assert_eq!(released[0].shares(), ["s1"]);
         assert!(
             s.release_idle(|id| id == "pb").is_empty(),
             "given back once"
         );
         assert_eq!(s.session_of("pa"), None);
         assert_eq!(s.session_of("pb"), Some("b"));
+    }
+
+    #[test]
+    fn what_could_not_be_released_is_kept() {
+        let mut s = Sessions::default();
+        s.begin_spawn("a", "pa");
+        s.end_spawn("a", "pa", true);
+        mounted(&mut s, "a", "/sessions/a/mnt/x", "s1");
+        let mut released = s.release_idle(|_| false);
+        s.restore(released.remove(0));
+        let again = s.release_idle(|_| false);
+        assert_eq!(again[0].shares(), ["s1"], "still the session's to release");
     }
 
     #[test]

@@ -164,8 +164,13 @@ impl KvmBackend {
     }
 }
 
-/// Unmounts and unexports what sessions with no spawn under way and no
-/// running process hold (woken by every process end).
+/// Ends idle sessions (no spawn under way, no running process): every
+/// process left running as the session's user is killed in the guest,
+/// then its folders are unmounted there and unexported from the device.
+/// A folder the guest could not unmount stays exported (and the session's):
+/// removing it would free its device index for another session's folder
+/// while the guest still reaches the old one through it. Woken by every
+/// process end.
 pub(crate) async fn release_idle(state: &Arc<Mutex<State>>, share_ops: &tokio::sync::Mutex<()>) {
     let _one_at_a_time = share_ops.lock().await;
     let (link, shares, released) = {
@@ -178,18 +183,41 @@ pub(crate) async fn release_idle(state: &Arc<Mutex<State>>, share_ops: &tokio::s
         (link, shares, released)
     };
     for r in released {
-        for path in r.mounts {
+        let session = r.session.clone();
+        let ended = agent_answer(
+            "end session",
+            link.request(|req| HostMsg::EndSession {
+                req,
+                session: session.clone(),
+            })
+            .await,
+        );
+        let mut stuck = ended
+            .as_ref()
+            .err()
+            .map(|e| format!("ending its processes: {e}"));
+        for path in r.mounts.keys() {
             let p = path.clone();
             if let Err(e) = agent_answer(
                 "unmount",
                 link.request(|req| HostMsg::Unmount { req, path: p }).await,
             ) {
-                tracing::debug!(session = %r.session, "unmount {path}: {e}");
+                stuck.get_or_insert(format!("unmounting {path}: {e}"));
             }
         }
-        for name in &r.shares {
+        if let Some(why) = stuck {
+            tracing::warn!(session = %session, "session idle, but its folders stay exported: {why}");
+            state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sessions
+                .restore(r);
+            continue;
+        }
+        let names = r.shares();
+        for name in &names {
             shares.remove(name);
         }
-        tracing::info!(session = %r.session, "session idle: {} share(s) unexported", r.shares.len());
+        tracing::info!(session = %session, "session idle: {} share(s) unexported", names.len());
     }
 }
