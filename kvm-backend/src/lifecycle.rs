@@ -39,9 +39,10 @@ const FD_LIMIT: u64 = 65536;
 const MAX_UDS_LEN: usize = 96;
 /// Agent handshakes under way at once: a guest process opening
 /// connections to the agent port cannot queue the real agent behind it.
-const HANDSHAKES: usize = 4;
-/// How long a connection to the agent port has to say its hello.
-const HELLO_LIMIT: Duration = Duration::from_secs(10);
+const HANDSHAKES: usize = 16;
+/// How long a connection to the agent port has to say its hello: the
+/// agent says it at once; a silent connection gives its slot back soon.
+const HELLO_LIMIT: Duration = Duration::from_secs(2);
 /// Refused agent connections logged one by one per boot; later ones are
 /// counted.
 const REFUSALS_LOGGED: u64 = 10;
