@@ -86,9 +86,21 @@ pub fn resolve_host_path(home: &Path, p: &str) -> Result<PathBuf> {
 }
 
 /// Checks a mount source: not `/`, `/proc`, `/dev`, `/sys` or under them,
-/// and inside `home` once symlinks are resolved. Returns the canonical path.
+/// inside `home` once symlinks are resolved, and reached through no
+/// symlink inside `home` (a session with a writable folder could have made
+/// one there, turning a later mount of a subfolder into a mount of, say,
+/// `~/.ssh`). Returns the canonical path.
 pub fn validate_mount_source(home: &Path, source: &Path) -> Result<PathBuf> {
     let shown = source.display().to_string();
+    if let Some(link) = symlink_below(home, source) {
+        return Err(BackendError::PathNotAllowed {
+            path: shown,
+            reason: format!(
+                "{} is a symbolic link; a folder inside the home directory is shared only by its real path",
+                link.display()
+            ),
+        });
+    }
     let canon = canonicalize_lenient(source)
         .map_err(|e| BackendError::io(format!("cannot resolve {shown}"), e))?;
     if let Some(reason) = forbidden_reason(&canon) {
@@ -110,6 +122,31 @@ pub fn validate_mount_source(home: &Path, source: &Path) -> Result<PathBuf> {
         });
     }
     Ok(canon)
+}
+
+/// The first symlink among `source`'s components below `home` (as given,
+/// or canonical), if any.
+fn symlink_below(home: &Path, source: &Path) -> Option<PathBuf> {
+    let canon_home = canonicalize_lenient(home).ok();
+    let (base, rel) = source
+        .strip_prefix(home)
+        .map(|r| (home.to_path_buf(), r))
+        .ok()
+        .or_else(|| {
+            let h = canon_home.as_deref()?;
+            source.strip_prefix(h).ok().map(|r| (h.to_path_buf(), r))
+        })?;
+    let mut p = base;
+    for c in rel.components() {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Some(p),
+            Ok(_) => {}
+            // Not there yet: it will be made as a directory.
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Why a canonical path may never be mounted, if it may not.
@@ -335,6 +372,12 @@ mod tests {
         std::fs::create_dir_all(home.join("proj")).unwrap();
         std::os::unix::fs::symlink("/etc", home.join("etc-link")).unwrap();
         assert!(validate_mount_source(&home, &home.join("proj")).is_ok());
+        // A link inside home, even to a folder inside home, is refused: a
+        // session could have planted it in a folder it could write.
+        std::fs::create_dir_all(home.join("secret")).unwrap();
+        std::os::unix::fs::symlink(home.join("secret"), home.join("proj/sub")).unwrap();
+        assert!(validate_mount_source(&home, &home.join("proj/sub")).is_err());
+        assert!(validate_mount_source(&home, &home.join("proj/sub/deeper")).is_err());
         assert!(validate_mount_source(&home, &home.join("new/dir")).is_ok());
         for bad in [Path::new("/"), Path::new("/proc/self"), Path::new("/etc")] {
             assert!(validate_mount_source(&home, bad).is_err(), "{bad:?}");
