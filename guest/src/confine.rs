@@ -297,8 +297,10 @@ impl Plan {
                 hard | libc::MS_RDONLY,
                 Some("mode=0755,size=4k"),
             )?,
-            ms(Some(&tmp), Path::new("/tmp"), None, libc::MS_BIND, None)?,
+            // /dev/shm before /tmp: in the VM the store is under /tmp,
+            // which the next step covers.
             ms(Some(&shm), Path::new("/dev/shm"), None, libc::MS_BIND, None)?,
+            ms(Some(&tmp), Path::new("/tmp"), None, libc::MS_BIND, None)?,
             ms(
                 Some("proc"),
                 Path::new("/proc"),
@@ -422,6 +424,31 @@ mod tests {
             .iter()
             .map(|s| s.target.to_string_lossy().into_owned())
             .collect()
+    }
+
+    /// No bind takes its source from under a place an earlier step has
+    /// already covered (in the VM the store lives under /tmp).
+    #[test]
+    fn no_source_is_covered_before_it_is_bound() {
+        let steps = Plan::steps(&Layout::vm(), "alpha").unwrap();
+        let path = |c: &CString| PathBuf::from(c.to_string_lossy().into_owned());
+        for (i, s) in steps.iter().enumerate() {
+            let Some(src) = s.source.as_ref().map(path) else {
+                continue;
+            };
+            if !src.is_absolute() || s.flags & libc::MS_MOVE != 0 {
+                continue;
+            }
+            for earlier in &steps[1..i] {
+                let covered = path(&earlier.target);
+                assert!(
+                    !src.starts_with(&covered) || covered == Path::new("/"),
+                    "step {i} binds {} from under {}, covered earlier",
+                    src.display(),
+                    covered.display()
+                );
+            }
+        }
     }
 
     #[test]

@@ -145,8 +145,11 @@ diag() {
         echo "\$1 \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
     done >> /tmp/diag.txt 2>&1
 }
+# run [--as SESSION] ARGS...: a session (e2e unless named), as \`run\` drives it.
 run() {
-    timeout 600 /bin/cowork-microvm run --socket /tmp/run/h.sock --name e2e "\$@"
+    name=e2e
+    if [ "\$1" = --as ]; then name=\$2; shift 2; fi
+    timeout 600 /bin/cowork-microvm run --socket /tmp/run/h.sock --name "\$name" "\$@"
     rc=\$?
     case \$rc in 124|143) diag "stuck-run(\$*)" ;; esac
     return \$rc
@@ -193,8 +196,8 @@ echo dmesg=\$(dmesg 2>/dev/null | grep -c cowork.token);
 kill -9 1 2>/dev/null && echo init=killed || echo init=safe;
 (echo c > /proc/sysrq-trigger) 2>/dev/null && echo sysrq=done || echo sysrq=refused;
 /sbin/init >/dev/null 2>&1; echo forged=tried'
-echo "NESTED-SESSION confined \$(run --name sb --mount /tmp/pbro:bro:ro -- sh -c "\$probe" 2>&1 | tr '\r\n' '  ')"
-echo "NESTED-SESSION afterForged \$(call isGuestConnected) \$(run --name sb -- echo agent-still-serves 2>&1 | tr -d '\r\n') \$(grep -c 'connection to the agent port was refused' /tmp/helper.log)"
+echo "NESTED-SESSION confined \$(run --as sb --mount /tmp/pbro:bro:ro -- sh -c "\$probe" 2>&1 | tr '\r\n' '  ')"
+echo "NESTED-SESSION afterForged \$(call isGuestConnected) \$(run --as sb -- echo agent-still-serves 2>&1 | tr -d '\r\n') \$(grep -c 'connection to the agent port was refused' /tmp/helper.log)"
 echo "NESTED-SESSION roHost \$(cat /tmp/pbro/ro.txt)"
 call kill '{"id":"sa1","signal":"SIGKILL"}' >/dev/null
 # kill and readFile through the protocol, as the app calls them.
