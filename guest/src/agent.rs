@@ -89,6 +89,8 @@ async fn send_error(out: &Out, message: impl Into<String>) {
 struct Proc {
     pgid: Pid,
     stdin: Option<StdinQueue>,
+    /// The session it was started for (`EndSession` ends it with it).
+    session: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -103,6 +105,65 @@ impl Procs {
         for p in self.lock().values() {
             let _ = killpg(p.pgid, sig);
         }
+    }
+
+    /// Signals the process groups started for `session`; how many.
+    fn kill_session(&self, session: &str, sig: Signal) -> usize {
+        let table = self.lock();
+        let mine = table
+            .values()
+            .filter(|p| p.session.as_deref() == Some(session));
+        let mut n = 0;
+        for p in mine {
+            let _ = killpg(p.pgid, sig);
+            n += 1;
+        }
+        n
+    }
+
+    fn count_session(&self, session: &str) -> usize {
+        let table = self.lock();
+        table
+            .values()
+            .filter(|p| p.session.as_deref() == Some(session))
+            .count()
+    }
+}
+
+/// Ends `session`: SIGKILL to the process groups the agent started for it
+/// and (confined) to every process running as its user, until none is left
+/// or [`session_end::END_WITHIN`] passes; then waits (within the same time)
+/// for the records of those processes to go, as their supervisors report
+/// their exits.
+fn end_session(
+    procs: &Procs,
+    layout: Option<&crate::confine::Layout>,
+    session: &str,
+) -> Result<(), String> {
+    use crate::session_end::{kill_uid, END_WITHIN};
+    cowork_backend::session_data::validate_name("session", session).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + END_WITHIN;
+    procs.kill_session(session, Signal::SIGKILL);
+    if let Some(l) = layout {
+        // No directory, no user: nothing can run as it (uids are never
+        // given again, see confine).
+        if let Some(uid) = crate::confine::existing_session_user(&l.sessions_root, session)? {
+            kill_uid("/proc", uid, END_WITHIN)?;
+        }
+    }
+    loop {
+        // A group may have gained a member between the kill and its exit.
+        if procs.kill_session(session, Signal::SIGKILL) == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let n = procs.count_session(session);
+            return Err(format!(
+                "{n} process(es) of session {session:?} still running after {}s",
+                END_WITHIN.as_secs_f32()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -266,6 +327,13 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 crate::shares::unmount_share(&l, &path).map(|()| Answer::Done)
             });
         }
+        HostMsg::EndSession { req, session } => {
+            let procs = procs.clone();
+            let layout = cfg.confine.clone();
+            answer_later(out, req, move || {
+                end_session(&procs, layout.as_ref(), &session).map(|()| Answer::Done)
+            });
+        }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
         HostMsg::SessionUser { req, session } => {
             let layout = cfg.confine.clone();
@@ -314,16 +382,37 @@ fn sessions(
         "delete" => {
             let names: Vec<String> = serde_json::from_value(args["names"].clone())
                 .map_err(|e| format!("delete: names: {e}"))?;
-            serde_json::to_vec(&store.delete(&names, &active))
+            // A directory with a share still mounted in it is not deleted:
+            // that would delete the user's files through the share.
+            let mounted = mounted(&store)?;
+            let (refused, names): (Vec<String>, Vec<String>) =
+                names.into_iter().partition(|n| mounted.contains(n));
+            let mut res = store.delete(&names, &active);
+            for name in refused {
+                let why = "a share is still mounted in it; unmount it first";
+                res.errors.insert(name, why.to_string());
+            }
+            serde_json::to_vec(&res)
         }
         "prune" => {
             let req: PruneRequest = serde_json::from_value(args["request"].clone())
                 .map_err(|e| format!("prune: request: {e}"))?;
-            serde_json::to_vec(&store.prune(&req, &active).map_err(|e| e.to_string())?)
+            // Sessions with a mount in them are left alone, as active ones.
+            let mut keep = active;
+            keep.extend(mounted(&store)?);
+            serde_json::to_vec(&store.prune(&req, &keep).map_err(|e| e.to_string())?)
         }
         other => return Err(format!("unknown session-disk operation {other:?}")),
     };
     json.map_err(|e| e.to_string())
+}
+
+/// The sessions of `store` with anything mounted at or below their
+/// directory in the agent's namespace.
+fn mounted(
+    store: &cowork_backend::session_data::SessionStore,
+) -> Result<std::collections::HashSet<String>, String> {
+    crate::mountinfo::mounted_sessions_now(store.root())
 }
 
 /// A request's successful answer.
@@ -400,6 +489,12 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: runs in the child between fork and exec; `reset_in_child`
+    // makes only system calls on static data (no allocation, no locks).
+    // First, while the child is still root where the agent is.
+    unsafe {
+        cmd.pre_exec(crate::oom::reset_in_child);
+    }
     if let Some(layout) = &cfg.confine {
         let Some(name) = session else {
             return Err("a process must belong to a session".into());
@@ -438,11 +533,13 @@ fn spawn(
         Proc {
             pgid: Pid::from_raw(pid),
             stdin,
+            session: session.map(str::to_owned),
         },
     );
     drop(table);
     Ok(supervise(
         id.to_string(),
+        Pid::from_raw(pid),
         child,
         cgroup,
         out.clone(),
@@ -497,6 +594,7 @@ async fn pump(
 
 async fn supervise(
     id: String,
+    pgid: Pid,
     mut child: tokio::process::Child,
     cgroup: Option<PathBuf>,
     out: Out,
@@ -531,7 +629,14 @@ async fn supervise(
     if let Some(dir) = &cgroup {
         let _ = std::fs::remove_dir(dir);
     }
-    procs.lock().remove(&id);
+    {
+        // Only this process's record: after an `EndSession` the id may
+        // already name a new process.
+        let mut table = procs.lock();
+        if table.get(&id).is_some_and(|p| p.pgid == pgid) {
+            table.remove(&id);
+        }
+    }
     let id = id.clone();
     send(
         &out,

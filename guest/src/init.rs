@@ -87,6 +87,9 @@ pub fn early_init() -> Vec<String> {
         // readFile), nor trick anyone with links in sticky directories.
         ("/proc/sys/fs/protected_hardlinks", "1"),
         ("/proc/sys/fs/protected_symlinks", "1"),
+        // Nor listen on a privileged port: the egress forwarder's
+        // (`wire::EGRESS_LISTEN`) is one.
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024"),
     ] {
         if let Err(e) = std::fs::write(knob, value) {
             problems.push(format!("{knob}: {e}"));

@@ -11,7 +11,13 @@ pub mod forward;
 #[cfg(feature = "agent")]
 pub mod init;
 #[cfg(feature = "agent")]
+pub mod mountinfo;
+#[cfg(feature = "agent")]
+pub mod oom;
+#[cfg(feature = "agent")]
 pub mod safe_path;
+#[cfg(feature = "agent")]
+pub mod session_end;
 #[cfg(feature = "agent")]
 pub mod shares;
 #[cfg(feature = "agent")]
