@@ -29,7 +29,6 @@ const MAX_PROCESSES: usize = 1024;
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// How long a request doing file system work may take before it fails.
 const SLOW_REQUEST: Duration = Duration::from_secs(60);
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -495,6 +494,33 @@ fn spawn(
     unsafe {
         cmd.pre_exec(crate::oom::reset_in_child);
     }
+    // In the VM, into its cgroup before anything else runs in it (limits
+    // and OOM accounting; a cgroup that cannot be made is no reason to
+    // refuse the process).
+    let cgroup = if cfg.in_vm {
+        if let Some(name) = session {
+            cowork_backend::session_data::validate_name("session", name)
+                .map_err(|e| e.to_string())?;
+        }
+        match vm_cgroups().for_process(session, id) {
+            Ok(cg) => Some(std::sync::Arc::new(cg)),
+            Err(e) => {
+                eprintln!("cowork-guest: no cgroup for {id:?}: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(cg) = &cgroup {
+        let cg = cg.clone();
+        // SAFETY: runs in the child between fork and exec; `join_in_child`
+        // makes only system calls on data made before the fork. Before the
+        // confinement below, which drops the privilege to move itself.
+        unsafe {
+            cmd.pre_exec(move || cg.join_in_child());
+        }
+    }
     if let Some(layout) = &cfg.confine {
         let Some(name) = session else {
             return Err("a process must belong to a session".into());
@@ -519,11 +545,17 @@ fn spawn(
         }
         cmd.current_dir(dir);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {command}: {e}"))?;
+    let cgroup = cgroup.map(|c| c.dir.clone());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(dir) = &cgroup {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(format!("cannot start {command}: {e}"));
+        }
+    };
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
     let stdin = child
         .stdin
         .take()
@@ -547,24 +579,10 @@ fn spawn(
     ))
 }
 
-/// A cgroup of its own, so the exit can report the OOM kills it suffered.
-fn cgroup_for(id: &str, pid: i32) -> Option<PathBuf> {
-    let name: String = id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let dir = Path::new(CGROUP_ROOT).join(format!("{name}-{pid}"));
-    std::fs::create_dir_all(&dir).ok()?;
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
-    Some(dir)
-}
-
-fn oom_kills(cgroup: &Path) -> Option<u64> {
-    let events = std::fs::read_to_string(cgroup.join("memory.events")).ok()?;
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
+/// The VM's session cgroups, set up on first use.
+fn vm_cgroups() -> &'static crate::cgroups::Cgroups {
+    static CG: std::sync::OnceLock<crate::cgroups::Cgroups> = std::sync::OnceLock::new();
+    CG.get_or_init(crate::cgroups::Cgroups::vm)
 }
 
 async fn pump(
@@ -625,7 +643,7 @@ async fn supervise(
         Ok(st) => (st.code(), st.signal()),
         Err(_) => (None, None),
     };
-    let oom_kill_count = cgroup.as_deref().and_then(oom_kills);
+    let oom_kill_count = cgroup.as_deref().and_then(crate::cgroups::oom_kills);
     if let Some(dir) = &cgroup {
         let _ = std::fs::remove_dir(dir);
     }

@@ -95,8 +95,12 @@ pub fn early_init() -> Vec<String> {
             problems.push(format!("{knob}: {e}"));
         }
     }
-    // Let per-process cgroups use the memory controller.
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    // Let the sessions' cgroups use the memory and (where the kernel has
+    // it) pids controllers: one write each, as a write naming a missing
+    // controller fails whole.
+    for c in ["+memory", "+pids"] {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", c);
+    }
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
         problems.push(format!("sethostname: {e}"));
     }

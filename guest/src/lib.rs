@@ -5,6 +5,8 @@
 #[cfg(feature = "agent")]
 pub mod agent;
 #[cfg(feature = "agent")]
+pub mod cgroups;
+#[cfg(feature = "agent")]
 pub mod confine;
 #[cfg(feature = "agent")]
 pub mod forward;
