@@ -29,7 +29,6 @@ const MAX_PROCESSES: usize = 1024;
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
 /// How long a request doing file system work may take before it fails.
 const SLOW_REQUEST: Duration = Duration::from_secs(60);
-const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -89,6 +88,8 @@ async fn send_error(out: &Out, message: impl Into<String>) {
 struct Proc {
     pgid: Pid,
     stdin: Option<StdinQueue>,
+    /// The session it was started for (`EndSession` ends it with it).
+    session: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -103,6 +104,65 @@ impl Procs {
         for p in self.lock().values() {
             let _ = killpg(p.pgid, sig);
         }
+    }
+
+    /// Signals the process groups started for `session`; how many.
+    fn kill_session(&self, session: &str, sig: Signal) -> usize {
+        let table = self.lock();
+        let mine = table
+            .values()
+            .filter(|p| p.session.as_deref() == Some(session));
+        let mut n = 0;
+        for p in mine {
+            let _ = killpg(p.pgid, sig);
+            n += 1;
+        }
+        n
+    }
+
+    fn count_session(&self, session: &str) -> usize {
+        let table = self.lock();
+        table
+            .values()
+            .filter(|p| p.session.as_deref() == Some(session))
+            .count()
+    }
+}
+
+/// Ends `session`: SIGKILL to the process groups the agent started for it
+/// and (confined) to every process running as its user, until none is left
+/// or [`session_end::END_WITHIN`] passes; then waits (within the same time)
+/// for the records of those processes to go, as their supervisors report
+/// their exits.
+fn end_session(
+    procs: &Procs,
+    layout: Option<&crate::confine::Layout>,
+    session: &str,
+) -> Result<(), String> {
+    use crate::session_end::{kill_uid, END_WITHIN};
+    cowork_backend::session_data::validate_name("session", session).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + END_WITHIN;
+    procs.kill_session(session, Signal::SIGKILL);
+    if let Some(l) = layout {
+        // No directory, no user: nothing can run as it (uids are never
+        // given again, see confine).
+        if let Some(uid) = crate::confine::existing_session_user(&l.sessions_root, session)? {
+            kill_uid("/proc", uid, END_WITHIN)?;
+        }
+    }
+    loop {
+        // A group may have gained a member between the kill and its exit.
+        if procs.kill_session(session, Signal::SIGKILL) == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let n = procs.count_session(session);
+            return Err(format!(
+                "{n} process(es) of session {session:?} still running after {}s",
+                END_WITHIN.as_secs_f32()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -266,6 +326,13 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
                 crate::shares::unmount_share(&l, &path).map(|()| Answer::Done)
             });
         }
+        HostMsg::EndSession { req, session } => {
+            let procs = procs.clone();
+            let layout = cfg.confine.clone();
+            answer_later(out, req, move || {
+                end_session(&procs, layout.as_ref(), &session).map(|()| Answer::Done)
+            });
+        }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
         HostMsg::SessionUser { req, session } => {
             let layout = cfg.confine.clone();
@@ -314,16 +381,37 @@ fn sessions(
         "delete" => {
             let names: Vec<String> = serde_json::from_value(args["names"].clone())
                 .map_err(|e| format!("delete: names: {e}"))?;
-            serde_json::to_vec(&store.delete(&names, &active))
+            // A directory with a share still mounted in it is not deleted:
+            // that would delete the user's files through the share.
+            let mounted = mounted(&store)?;
+            let (refused, names): (Vec<String>, Vec<String>) =
+                names.into_iter().partition(|n| mounted.contains(n));
+            let mut res = store.delete(&names, &active);
+            for name in refused {
+                let why = "a share is still mounted in it; unmount it first";
+                res.errors.insert(name, why.to_string());
+            }
+            serde_json::to_vec(&res)
         }
         "prune" => {
             let req: PruneRequest = serde_json::from_value(args["request"].clone())
                 .map_err(|e| format!("prune: request: {e}"))?;
-            serde_json::to_vec(&store.prune(&req, &active).map_err(|e| e.to_string())?)
+            // Sessions with a mount in them are left alone, as active ones.
+            let mut keep = active;
+            keep.extend(mounted(&store)?);
+            serde_json::to_vec(&store.prune(&req, &keep).map_err(|e| e.to_string())?)
         }
         other => return Err(format!("unknown session-disk operation {other:?}")),
     };
     json.map_err(|e| e.to_string())
+}
+
+/// The sessions of `store` with anything mounted at or below their
+/// directory in the agent's namespace.
+fn mounted(
+    store: &cowork_backend::session_data::SessionStore,
+) -> Result<std::collections::HashSet<String>, String> {
+    crate::mountinfo::mounted_sessions_now(store.root())
 }
 
 /// A request's successful answer.
@@ -400,6 +488,39 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: runs in the child between fork and exec; `reset_in_child`
+    // makes only system calls on static data (no allocation, no locks).
+    // First, while the child is still root where the agent is.
+    unsafe {
+        cmd.pre_exec(crate::oom::reset_in_child);
+    }
+    // In the VM, into its cgroup before anything else runs in it (limits
+    // and OOM accounting; a cgroup that cannot be made is no reason to
+    // refuse the process).
+    let cgroup = if cfg.in_vm {
+        if let Some(name) = session {
+            cowork_backend::session_data::validate_name("session", name)
+                .map_err(|e| e.to_string())?;
+        }
+        match vm_cgroups().for_process(session, id) {
+            Ok(cg) => Some(std::sync::Arc::new(cg)),
+            Err(e) => {
+                eprintln!("cowork-guest: no cgroup for {id:?}: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(cg) = &cgroup {
+        let cg = cg.clone();
+        // SAFETY: runs in the child between fork and exec; `join_in_child`
+        // makes only system calls on data made before the fork. Before the
+        // confinement below, which drops the privilege to move itself.
+        unsafe {
+            cmd.pre_exec(move || cg.join_in_child());
+        }
+    }
     if let Some(layout) = &cfg.confine {
         let Some(name) = session else {
             return Err("a process must belong to a session".into());
@@ -424,11 +545,17 @@ fn spawn(
         }
         cmd.current_dir(dir);
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {command}: {e}"))?;
+    let cgroup = cgroup.map(|c| c.dir.clone());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(dir) = &cgroup {
+                let _ = std::fs::remove_dir(dir);
+            }
+            return Err(format!("cannot start {command}: {e}"));
+        }
+    };
     let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
-    let cgroup = if cfg.in_vm { cgroup_for(id, pid) } else { None };
     let stdin = child
         .stdin
         .take()
@@ -438,11 +565,13 @@ fn spawn(
         Proc {
             pgid: Pid::from_raw(pid),
             stdin,
+            session: session.map(str::to_owned),
         },
     );
     drop(table);
     Ok(supervise(
         id.to_string(),
+        Pid::from_raw(pid),
         child,
         cgroup,
         out.clone(),
@@ -450,24 +579,10 @@ fn spawn(
     ))
 }
 
-/// A cgroup of its own, so the exit can report the OOM kills it suffered.
-fn cgroup_for(id: &str, pid: i32) -> Option<PathBuf> {
-    let name: String = id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let dir = Path::new(CGROUP_ROOT).join(format!("{name}-{pid}"));
-    std::fs::create_dir_all(&dir).ok()?;
-    std::fs::write(dir.join("cgroup.procs"), pid.to_string()).ok()?;
-    Some(dir)
-}
-
-fn oom_kills(cgroup: &Path) -> Option<u64> {
-    let events = std::fs::read_to_string(cgroup.join("memory.events")).ok()?;
-    events
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
+/// The VM's session cgroups, set up on first use.
+fn vm_cgroups() -> &'static crate::cgroups::Cgroups {
+    static CG: std::sync::OnceLock<crate::cgroups::Cgroups> = std::sync::OnceLock::new();
+    CG.get_or_init(crate::cgroups::Cgroups::vm)
 }
 
 async fn pump(
@@ -497,6 +612,7 @@ async fn pump(
 
 async fn supervise(
     id: String,
+    pgid: Pid,
     mut child: tokio::process::Child,
     cgroup: Option<PathBuf>,
     out: Out,
@@ -527,11 +643,18 @@ async fn supervise(
         Ok(st) => (st.code(), st.signal()),
         Err(_) => (None, None),
     };
-    let oom_kill_count = cgroup.as_deref().and_then(oom_kills);
+    let oom_kill_count = cgroup.as_deref().and_then(crate::cgroups::oom_kills);
     if let Some(dir) = &cgroup {
         let _ = std::fs::remove_dir(dir);
     }
-    procs.lock().remove(&id);
+    {
+        // Only this process's record: after an `EndSession` the id may
+        // already name a new process.
+        let mut table = procs.lock();
+        if table.get(&id).is_some_and(|p| p.pgid == pgid) {
+            table.remove(&id);
+        }
+    }
     let id = id.clone();
     send(
         &out,

@@ -133,27 +133,104 @@ pub fn session_user(root: &Path, name: &str) -> Result<(u32, u32), String> {
     Ok((uid, uid))
 }
 
+/// The session's uid if it has one already (its directory exists and is
+/// owned by a session user); never makes one.
+pub fn existing_session_user(root: &Path, name: &str) -> Result<Option<u32>, String> {
+    cowork_backend::session_data::validate_name("session name", name).map_err(|e| e.to_string())?;
+    let dir = root.join(name);
+    match std::fs::symlink_metadata(&dir) {
+        Ok(m) if m.is_dir() && is_session_id(m.uid()) => Ok(Some(m.uid())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", dir.display())),
+    }
+}
+
 fn is_session_id(id: u32) -> bool {
     (UID_BASE..UID_END).contains(&id)
 }
 
+/// The record of the highest uid ever given, in the session disk's root
+/// (root's, mode 0600; sessions see only their own directory). A uid is
+/// never given twice: a daemon of a deleted session may still run as it.
+pub const UID_MARK: &str = ".cowork-uids";
+
+/// The highest uid ever given, if any was.
+fn read_mark(root: &Path) -> Result<Option<u32>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join(UID_MARK);
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let mut text = String::new();
+    f.take(64)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // A damaged record is not taken as "none given": that could give an
+    // old uid again.
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("{}: not a uid: {text:?}", path.display()))
+}
+
+/// Records `uid` as the highest given, durably, before it is used.
+fn write_mark(root: &Path, uid: u32) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = root.join(format!("{UID_MARK}.new"));
+    let fail = |e: std::io::Error| format!("{}: {e}", tmp.display());
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(format!("{uid}\n").as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    let path = root.join(UID_MARK);
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(root) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// One past the highest uid ever given (the record, or the directories'
+/// owners where the record is behind, e.g. a disk from before it), then
+/// recorded. Never a uid given before: when the range is used up, sessions
+/// cannot be made any more.
 fn next_uid(root: &Path) -> Result<u32, String> {
     let rd = std::fs::read_dir(root).map_err(|e| format!("{}: {e}", root.display()))?;
-    let used: std::collections::BTreeSet<u32> = rd
+    let in_use = rd
         .flatten()
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.uid())
         .filter(|u| is_session_id(*u))
-        .collect();
-    // One past the highest (not reusing a deleted session's uid soon);
-    // the lowest free one when the range's end is reached.
-    match used.last() {
-        None => Ok(UID_BASE),
-        Some(&hi) if hi + 1 < UID_END => Ok(hi + 1),
-        Some(_) => (UID_BASE..UID_END)
-            .find(|u| !used.contains(u))
-            .ok_or_else(|| "no session uid left".to_string()),
+        .max();
+    let highest = in_use.max(read_mark(root)?);
+    let next = match highest {
+        None => UID_BASE,
+        Some(hi) => hi.saturating_add(1).max(UID_BASE),
+    };
+    if !is_session_id(next) {
+        return Err(format!(
+            "every session uid ({UID_BASE}-{}) has been given once and none is given twice; \
+             a new session disk is needed for more sessions",
+            UID_END - 1
+        ));
     }
+    write_mark(root, next)?;
+    Ok(next)
 }
 
 /// Gives `dir` (mode 0700) and, when `all`, what is in it to `uid`, never
@@ -549,5 +626,41 @@ mod tests {
         for bad in ["", "..", "a/b", "x\0"] {
             assert!(session_user(root, bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    #[cfg_attr(not(has_root), ignore = "chown needs root")]
+    fn uids_are_never_given_twice() {
+        if !crate::prerequisite::require(
+            nix::unistd::geteuid().is_root(),
+            "uids_are_never_given_twice",
+            "chown needs root",
+        ) {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let a = session_user(root, "a").unwrap().0;
+        let b = session_user(root, "b").unwrap().0;
+        // Both deleted (a daemon of b may still run as b's uid): the next
+        // session gets a new uid all the same.
+        std::fs::remove_dir_all(root.join("a")).unwrap();
+        std::fs::remove_dir_all(root.join("b")).unwrap();
+        let c = session_user(root, "c").unwrap().0;
+        assert!(c > a && c > b, "{a} {b} {c}");
+        assert_eq!(existing_session_user(root, "c").unwrap(), Some(c));
+        assert_eq!(existing_session_user(root, "a").unwrap(), None);
+        // The record is root's alone.
+        let m = std::fs::symlink_metadata(root.join(UID_MARK)).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600));
+        assert!(m.is_file());
+        // At the end of the range: a clear refusal, never an old uid.
+        std::fs::write(root.join(UID_MARK), format!("{}", UID_END - 1)).unwrap();
+        let err = session_user(root, "d").unwrap_err();
+        assert!(err.contains("given once"), "{err}");
+        assert!(!root.join("d").exists());
+        // A damaged record is not read as "nothing given yet".
+        std::fs::write(root.join(UID_MARK), "garbage").unwrap();
+        assert!(session_user(root, "e").is_err());
     }
 }

@@ -87,13 +87,20 @@ pub fn early_init() -> Vec<String> {
         // readFile), nor trick anyone with links in sticky directories.
         ("/proc/sys/fs/protected_hardlinks", "1"),
         ("/proc/sys/fs/protected_symlinks", "1"),
+        // Nor listen on a privileged port: the egress forwarder's
+        // (`wire::EGRESS_LISTEN`) is one.
+        ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024"),
     ] {
         if let Err(e) = std::fs::write(knob, value) {
             problems.push(format!("{knob}: {e}"));
         }
     }
-    // Let per-process cgroups use the memory controller.
-    let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", "+memory");
+    // Let the sessions' cgroups use the memory and (where the kernel has
+    // it) pids controllers: one write each, as a write naming a missing
+    // controller fails whole.
+    for c in ["+memory", "+pids"] {
+        let _ = std::fs::write("/sys/fs/cgroup/cgroup.subtree_control", c);
+    }
     if let Err(e) = nix::unistd::sethostname(HOSTNAME) {
         problems.push(format!("sethostname: {e}"));
     }

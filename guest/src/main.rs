@@ -75,6 +75,13 @@ async fn run_agent(args: Args, in_vm: bool, token: String) {
         Some(l) => l.sessions_root.clone(),
         None => args.sessions_root.clone(),
     };
+    if in_vm || confine.is_some() {
+        // PID 1 made the agent exempt already (inherited); said again in
+        // case it could not.
+        if let Err(e) = cowork_guest::oom::protect_self() {
+            eprintln!("cowork-guest: agent still an OOM victim: {e}");
+        }
+    }
     if let Some(layout) = &confine {
         // Without it the sessions would see too much: serve nobody.
         if let Err(e) = confine::prepare_agent(layout) {
@@ -91,11 +98,7 @@ async fn run_agent(args: Args, in_vm: bool, token: String) {
     };
     if in_vm {
         let egress = args.egress.clone();
-        tokio::spawn(async move {
-            if let Err(e) = forward(wire::EGRESS_LISTEN, egress).await {
-                eprintln!("cowork-guest: egress forwarder: {e}");
-            }
-        });
+        tokio::spawn(async move { forward(wire::EGRESS_LISTEN, egress).await });
     }
     let mut delay = Duration::from_millis(100);
     loop {
@@ -143,6 +146,11 @@ fn main() {
         init::signal_boot_timer();
         for p in init::early_init() {
             eprintln!("cowork-guest: {p}");
+        }
+        // Losing PID 1 (or the agent, which inherits this) to the OOM
+        // killer would end the VM: let it pick a session's process.
+        if let Err(e) = cowork_guest::oom::protect_self() {
+            eprintln!("cowork-guest: {e}");
         }
         // The agent runs as a child so that PID 1 is free to reap every
         // orphan without stealing the agent's own children's statuses.

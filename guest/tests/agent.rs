@@ -377,3 +377,55 @@ fn session_user_out_of_the_vm_is_the_agents() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Out of the VM, `endSession` ends the processes the agent started for
+/// that session (their groups) and no other.
+#[test]
+fn end_session_out_of_the_vm_ends_its_processes() {
+    let mut a = Agent::start();
+    let spawn = |a: &mut Agent, id: &str, session: &str| {
+        a.send(
+            &HostMsg::Spawn {
+                id: id.into(),
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), "echo up; sleep 300".into()],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: None,
+                session: Some(session.into()),
+            },
+            &[],
+        )
+    };
+    spawn(&mut a, "mine", "s1");
+    spawn(&mut a, "theirs", "s2");
+    a.send(
+        &HostMsg::EndSession {
+            req: 5,
+            session: "s1".into(),
+        },
+        &[],
+    );
+    let (mut done, mut exited) = (false, false);
+    while !(done && exited) {
+        match a.recv() {
+            (GuestMsg::Done { req: 5 }, _) => done = true,
+            (GuestMsg::Failed { req: 5, error }, _) => panic!("{error}"),
+            (GuestMsg::Exit { id, signal, .. }, _) => {
+                assert_eq!(id, "mine", "only s1's process ends");
+                assert_eq!(signal, Some(9));
+                exited = true;
+            }
+            _ => {}
+        }
+    }
+    // s2's process is still there to be killed.
+    a.send(
+        &HostMsg::Kill {
+            id: "theirs".into(),
+            signal: 9,
+        },
+        &[],
+    );
+    let (_, _, _, signal) = a.collect("theirs");
+    assert_eq!(signal, Some(9));
+}

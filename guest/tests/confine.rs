@@ -56,10 +56,22 @@ impl Confined {
         // Session users must reach their directories under it.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let root = tmp.path().to_path_buf();
-        let mut cmd = Command::new("unshare");
+        // Started with an OOM score of 500 (raising needs no privilege),
+        // which its children inherit: a session's process must put itself
+        // back to 0 (in the VM the agent's is -1000; lowering it needs
+        // CAP_SYS_RESOURCE, which a container's root may lack).
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "echo 500 > /proc/self/oom_score_adj && exec \"$@\"",
+            "sh",
+        ]);
+        cmd.arg("unshare");
         // Its own host name and IPC too: nothing of the machine's to touch.
+        // Its own /proc too: `endSession` scans it for the session's
+        // processes, which must be this agent's alone, not the machine's.
         cmd.args(["--mount", "--pid", "--uts", "--ipc", "--fork"])
-            .args(["--propagation", "private"])
+            .args(["--propagation", "private", "--mount-proc"])
             .arg(env!("CARGO_BIN_EXE_cowork-guest"))
             .arg("--confine-test-root")
             .arg(&root);
@@ -536,4 +548,103 @@ fn a_cwd_is_never_made_through_a_link() {
     assert!(out.contains(&*good.to_string_lossy()), "{out}");
     let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&good).unwrap());
     assert_eq!(owner, ua);
+}
+
+/// `endSession` kills what the session left running, a daemon that left
+/// the spawned process's group included, and nothing of another session;
+/// a session's process is an ordinary OOM victim, not exempt as the agent.
+#[test]
+#[cfg_attr(
+    not(all(has_root, has_unshare)),
+    ignore = "needs root and util-linux unshare"
+)]
+fn end_session_kills_what_the_session_left() {
+    if skip_unless_able("end_session_kills_what_the_session_left") {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    c.user(2, "b");
+    // A daemon in a session of its own, under a name to find it by.
+    let out = c.run_as(
+        "start",
+        "a",
+        r#"cp /bin/sleep ./lurker && setsid ./lurker 300 </dev/null >/dev/null 2>&1 &
+        sleep 0.2; echo oom=$(cat /proc/self/oom_score_adj)"#,
+    );
+    assert!(out.contains("oom=0"), "{out}");
+    c.spawn("along", Some("a"), "sleep 300");
+    c.spawn("other", Some("b"), "echo up; sleep 300");
+    c.read_until("other", "up");
+    // Zombies are dead: left unreaped here, where the agent is PID 1 of
+    // the test's namespace (in the VM, PID 1 reaps them).
+    let comms = r#"for p in /proc/[0-9]*; do grep -q "^State:.Z" $p/status || cat $p/comm; done"#;
+    assert!(c.run_as("before", "a", comms).contains("lurker"));
+
+    c.a.send(
+        &HostMsg::EndSession {
+            req: 9,
+            session: "a".into(),
+        },
+        &[],
+    );
+    let (answer, _) = c.answer(9);
+    assert_eq!(answer, GuestMsg::Done { req: 9 });
+    let after = c.run_as("after", "a", comms);
+    assert!(!after.contains("lurker"), "{after}");
+    assert!(!after.contains("sleep"), "{after}");
+    // Another session's process runs on.
+    assert!(c.run_as("b-after", "b", comms).contains("sleep"));
+    // An unknown session is not an error: nothing runs as it.
+    c.a.send(
+        &HostMsg::EndSession {
+            req: 10,
+            session: "never".into(),
+        },
+        &[],
+    );
+    assert_eq!(c.answer(10).0, GuestMsg::Done { req: 10 });
+}
+
+/// A session directory with a share still mounted in it is not deleted
+/// (that would delete the user's files through the share), nor pruned.
+#[test]
+#[cfg_attr(
+    not(all(has_root, has_unshare)),
+    ignore = "needs root and util-linux unshare"
+)]
+fn delete_refuses_a_session_with_a_mount() {
+    if skip_unless_able("delete_refuses_a_session_with_a_mount") {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    c.user(2, "gone");
+    let src = c.root.join("user-files");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("precious"), b"p").unwrap();
+    let m = c.sessions().join("a/mnt/work");
+    c.in_agent_ns(&format!(
+        "mkdir -p {m} && mount --bind {src} {m}",
+        m = m.display(),
+        src = src.display()
+    ));
+    c.a.send(
+        &HostMsg::Sessions {
+            req: 3,
+            op: "delete".into(),
+            args: serde_json::json!({"names": ["a", "gone"], "active": []}),
+        },
+        &[],
+    );
+    let (answer, json) = c.answer(3);
+    assert_eq!(answer, GuestMsg::Json { req: 3 }, "{json:?}");
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["deleted"], serde_json::json!(["gone"]), "{v}");
+    assert!(
+        v["errors"]["a"].as_str().unwrap().contains("mounted"),
+        "{v}"
+    );
+    assert!(src.join("precious").exists(), "the user's file survives");
+    assert!(!c.sessions().join("gone").exists());
 }
