@@ -36,17 +36,23 @@ pub struct Manifest {
     /// Per profile, every package in its rootfs as `name=version`, sorted.
     #[serde(default)]
     pub packages: BTreeMap<String, Vec<String>>,
+    /// The guest agent's wire protocol version
+    /// (`cowork_guest::wire::PROTOCOL_VERSION` of the helper that built the
+    /// image): the kvm backend refuses to boot an image whose agent speaks
+    /// another. Absent in images built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_version: Option<u32>,
     /// File name (beside the manifest) to its hash and size.
     pub artifacts: BTreeMap<String, Artifact>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("no manifest at {0}: build the image first (make image)")]
+    #[error("no manifest at {0}: build it with `cowork-microvm image build`")]
     Missing(PathBuf),
     #[error("cannot read {path}: {error}")]
     Unreadable { path: PathBuf, error: String },
-    #[error("{path} does not match its manifest: expected sha256 {expected}, found {actual}; rebuild with make image")]
+    #[error("{path} does not match its manifest: expected sha256 {expected}, found {actual}; rebuild it with `cowork-microvm image build`")]
     Mismatch {
         path: PathBuf,
         expected: String,
@@ -155,6 +161,7 @@ mod tests {
             source_date_epoch: 1,
             inputs: BTreeMap::new(),
             packages: BTreeMap::new(),
+            wire_version: None,
             artifacts: [("a.img".to_string(), Artifact { sha256, size })].into(),
         };
         m.write(t.path()).unwrap();
@@ -186,6 +193,7 @@ mod tests {
             source_date_epoch: 1,
             inputs: BTreeMap::new(),
             packages: BTreeMap::new(),
+            wire_version: None,
             artifacts,
         };
         m.write(t.path()).unwrap();
