@@ -68,23 +68,20 @@ fn check_image(home: &std::path::Path) -> ImageCheck {
             ),
         ),
         Err(e) => {
-            let m = loaded.ok();
+            let m = loaded.as_ref().ok();
             (
                 false,
-                m.as_ref().map(|m| m.profile.clone()),
+                m.map(|m| m.profile.clone()),
                 m.and_then(|m| m.wire_version),
                 e.to_string(),
             )
         }
     };
     let wire_matches = wire_version == Some(ours);
-    let detail = if present && !wire_matches {
-        format!(
-            "{detail}; its agent speaks wire protocol {}, this helper {ours}: the kvm backend refuses it",
-            wire_version.map_or_else(|| "(not recorded)".to_string(), |v| v.to_string())
-        )
-    } else {
-        detail
+    let mismatch = loaded.as_ref().ok().and_then(|m| m.wire_mismatch(ours));
+    let detail = match mismatch {
+        Some(why) => format!("{detail}; {why}: the kvm backend refuses it"),
+        None => detail,
     };
     ImageCheck {
         fix: (!verified || !wire_matches).then(crate::installed::image_build_command),

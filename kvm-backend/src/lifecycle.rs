@@ -368,16 +368,8 @@ impl KvmBackend {
                 .map_err(|e| unavailable(e.to_string()))?;
         // An agent speaking another wire version would fail after boot with
         // a confusing error; refuse the image before booting it instead.
-        let ours = cowork_guest::wire::PROTOCOL_VERSION;
-        if manifest.wire_version != Some(ours) {
-            let theirs = manifest.wire_version.map_or_else(
-                || "an unrecorded version".to_string(),
-                |v| format!("version {v}"),
-            );
-            return Err(unavailable(format!(
-                "the guest image in {} has an agent speaking wire protocol {theirs}, this helper speaks version {ours}; rebuild it with `cowork-microvm image build`",
-                images.display()
-            )));
+        if let Some(why) = manifest.wire_mismatch(cowork_guest::wire::PROTOCOL_VERSION) {
+            return Err(unavailable(format!("{why} ({})", images.display())));
         }
         self.step("verifyImage", "completed").await;
         let rootfs = format!("rootfs-{}.ext4", manifest.profile);

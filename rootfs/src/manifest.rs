@@ -99,6 +99,19 @@ impl Manifest {
         std::fs::write(dir.join(MANIFEST), text)
     }
 
+    /// Why a helper speaking wire protocol `ours` must not boot this
+    /// image (its agent speaks another, or an unrecorded one), naming the
+    /// command that fixes it; `None` when they match.
+    pub fn wire_mismatch(&self, ours: u32) -> Option<String> {
+        match self.wire_version {
+            Some(v) if v == ours => None,
+            theirs => Some(format!(
+                "the guest image's agent speaks wire protocol {}, this helper speaks version {ours}: rebuild the image with `cowork-microvm image build`",
+                theirs.map_or_else(|| "(not recorded: an older image)".to_string(), |v| format!("version {v}"))
+            )),
+        }
+    }
+
     /// Checks every artifact against its recorded hash.
     pub fn verify(&self, dir: &Path) -> Result<(), VerifyError> {
         for (name, want) in &self.artifacts {
@@ -203,6 +216,33 @@ mod tests {
         std::fs::write(t.path().join("rootfs-standard.ext4"), b"changed").unwrap();
         let e = verify_boot(t.path()).unwrap_err().to_string();
         assert!(e.contains("rootfs-standard.ext4"), "{e}");
+    }
+
+    #[test]
+    fn a_wire_version_other_than_ours_is_named_with_its_fix() {
+        let mut m = Manifest {
+            format_version: FORMAT_VERSION,
+            profile: "minimal".into(),
+            source_date_epoch: 1,
+            inputs: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            wire_version: Some(2),
+            artifacts: BTreeMap::new(),
+        };
+        assert_eq!(m.wire_mismatch(2), None);
+        let e = m.wire_mismatch(3).unwrap();
+        assert!(
+            e.contains("version 2") && e.contains("cowork-microvm image build"),
+            "{e}"
+        );
+        m.wire_version = None;
+        assert!(m.wire_mismatch(2).unwrap().contains("not recorded"));
+        // Written and read back: the field survives, and an older manifest
+        // without it loads as None.
+        m.wire_version = Some(7);
+        let t = tempfile::tempdir().unwrap();
+        m.write(t.path()).unwrap();
+        assert_eq!(Manifest::load(t.path()).unwrap().wire_version, Some(7));
     }
 
     #[test]
