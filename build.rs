@@ -12,7 +12,11 @@ include!("prerequisites/probes.rs");
 
 /// Whether the kernel cache (rootfs/build-kernel.sh's) holds a vmlinux.
 fn cached_kernel() -> bool {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let cache = env("COWORK_VM_CACHE_DIR").or_else(|| {
         env("XDG_CACHE_HOME")
             .or_else(|| env("HOME").map(|h| h.join(".cache")))

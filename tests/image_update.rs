@@ -18,7 +18,8 @@ use common::require;
 use cowork_rootfs::store;
 
 fn static_agent() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-unknown-linux-gnu/release/cowork-guest")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/x86_64-unknown-linux-gnu/release/cowork-guest")
 }
 
 fn helper(tmp: &Path) -> Command {
@@ -30,7 +31,14 @@ fn helper(tmp: &Path) -> Command {
 
 fn build(tmp: &Path) -> String {
     let out = helper(tmp)
-        .args(["image", "build", "--profile", "minimal", "--no-kernel", "--agent"])
+        .args([
+            "image",
+            "build",
+            "--profile",
+            "minimal",
+            "--no-kernel",
+            "--agent",
+        ])
         .arg(static_agent())
         .output()
         .unwrap();
@@ -53,17 +61,18 @@ fn listed(tmp: &Path) -> Vec<serde_json::Value> {
 }
 
 #[test]
-#[cfg_attr(
-    not(has_static_agent),
-    ignore = "no static agent; run `make agent`"
-)]
+#[cfg_attr(not(has_static_agent), ignore = "no static agent; run `make agent`")]
 #[cfg_attr(
     all(has_static_agent, not(has_rootfs_tools)),
     ignore = "needs e2fsprogs and busybox-static"
 )]
 fn an_image_in_use_survives_an_update_until_released() {
     let test = "an_image_in_use_survives_an_update_until_released";
-    if !require(static_agent().is_file(), test, "no static agent; run `make agent`") {
+    if !require(
+        static_agent().is_file(),
+        test,
+        "no static agent; run `make agent`",
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -85,7 +94,10 @@ fn an_image_in_use_survives_an_update_until_released() {
     let new = store::resolve(&root);
     assert_ne!(new, old, "current names the new image");
     assert!(out.contains("kept old image"), "{out}");
-    assert!(old.join("rootfs-minimal.ext4").is_file(), "the old image is kept while in use");
+    assert!(
+        old.join("rootfs-minimal.ext4").is_file(),
+        "the old image is kept while in use"
+    );
     assert!(cowork_rootfs::manifest::verify_dir(&new).is_ok());
     let l = listed(tmp);
     assert_eq!(l.len(), 2, "{l:?}");
@@ -98,7 +110,10 @@ fn an_image_in_use_survives_an_update_until_released() {
     assert_eq!(entry(&old)["inUse"], true);
     assert_eq!(entry(&old)["current"], false);
     assert_eq!(entry(&new)["current"], true);
-    assert_eq!(entry(&new)["wireVersion"], cowork_guest::wire::PROTOCOL_VERSION);
+    assert_eq!(
+        entry(&new)["wireVersion"],
+        cowork_guest::wire::PROTOCOL_VERSION
+    );
 
     // Prune while the VM still runs: kept.
     let out = helper(tmp).args(["image", "prune"]).output().unwrap();
