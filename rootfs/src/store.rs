@@ -219,11 +219,11 @@ mod tests {
         assert!(listed.iter().any(|e| e.path == a && e.in_use && !e.current));
         assert!(listed.iter().any(|e| e.path == b && e.current && !e.in_use));
         let p = prune(root).unwrap();
-        assert!(p.removed.is_empty() && p.kept_in_use == [a.clone()]);
+        assert!(p.removed.is_empty() && p.kept_in_use == std::slice::from_ref(&a));
         assert!(a.is_dir());
         drop(held);
         let p = prune(root).unwrap();
-        assert_eq!(p.removed, [a.clone()]);
+        assert_eq!(p.removed, std::slice::from_ref(&a));
         assert!(!a.exists() && b.is_dir());
     }
 
