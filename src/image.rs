@@ -38,8 +38,79 @@ struct Build {
     no_kernel: bool,
 }
 
+/// Under `sudo` (the standard profile needs root), the user who ran it:
+/// the image is theirs, in their home, owned by them, so their helper can
+/// boot it and `image prune`/`uninstall --purge` can remove it.
+fn sudo_user() -> Option<nix::unistd::User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let uid: u32 = std::env::var("SUDO_UID").ok()?.parse().ok()?;
+    if uid == 0 {
+        return None;
+    }
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok()?
+}
+
+/// The directories `build` is about to create under `home` (from the first
+/// missing ancestor of `dir`), to hand them to the sudo user afterwards.
+fn missing_dirs(dir: &Path, home: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| d.starts_with(home) && *d != home && !d.exists())
+        .map(Path::to_path_buf)
+        .collect()
+}
+
+/// Gives `paths` (recursively, never following a symlink) to `user`.
+fn give_to(user: &nix::unistd::User, paths: &[PathBuf]) {
+    fn walk(p: &Path, uid: u32, gid: u32) {
+        if let Err(e) = std::os::unix::fs::lchown(p, Some(uid), Some(gid)) {
+            eprintln!("image: cannot give {} to uid {uid}: {e}", p.display());
+        }
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                walk(&e.path(), uid, gid);
+            }
+        }
+    }
+    for p in paths {
+        if p.symlink_metadata().is_ok() {
+            walk(p, user.uid.as_raw(), user.gid.as_raw());
+        }
+    }
+}
+
 fn build(b: Build) -> Result<i32> {
-    let home = home_dir();
+    let sudo = sudo_user();
+    let home = sudo.as_ref().map_or_else(home_dir, |u| u.dir.clone());
+    if let Some(u) = &sudo {
+        if !home.is_dir() {
+            bail!(
+                "run under sudo by {}, whose home {} does not exist: the image would have nowhere to go",
+                u.name,
+                home.display()
+            );
+        }
+    }
+    // What this build may create for the sudo user, found before it does:
+    // the cache, and the image store unless the caller chose `--out`.
+    let (root, cache) = (image_dir(&home), cache_dir(&home));
+    let mut theirs = missing_dirs(&cache, &home);
+    theirs.push(cache);
+    if b.out.is_none() {
+        theirs.extend(missing_dirs(&root, &home));
+        theirs.push(root);
+    }
+    // Never anything outside their home, whatever the environment says.
+    theirs.retain(|p| p.starts_with(&home) && p != &home);
+    let result = build_as(b, &home);
+    if let Some(user) = &sudo {
+        give_to(user, &theirs);
+    }
+    result
+}
+
+fn build_as(b: Build, home: &Path) -> Result<i32> {
     let Some(profiles) = Profile::parse_list(&b.profile) else {
         bail!(
             "unknown profile {:?}: use minimal, standard, or a list such as standard,minimal",
@@ -59,7 +130,7 @@ fn build(b: Build) -> Result<i32> {
         out: PathBuf::new(),
         agent,
         kernel: !b.no_kernel,
-        cache: cache_dir(&home),
+        cache: cache_dir(home),
         prebuilt_kernel,
         reuse_from: None,
         wire_version: Some(cowork_guest::wire::PROTOCOL_VERSION),
@@ -71,7 +142,7 @@ fn build(b: Build) -> Result<i32> {
         print_artifacts(&opts.out, &m);
         return Ok(0);
     }
-    let root = image_dir(&home);
+    let root = image_dir(home);
     // Unchanged rootfs images are reused from the current image (or a flat
     // one left in the root by an older release).
     opts.reuse_from = Some(store::resolve(&root));
@@ -194,5 +265,27 @@ pub fn main(cmd: ImageCommand) -> Result<i32> {
             report_prune(&store::prune(&image_dir(&home_dir()))?);
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_dirs_stop_at_home_and_at_what_exists() {
+        let t = tempfile::tempdir().unwrap();
+        let home = t.path();
+        std::fs::create_dir_all(home.join(".local")).unwrap();
+        let dir = home.join(".local/share/cowork-microvm/images");
+        assert_eq!(
+            missing_dirs(&dir, home),
+            [
+                dir.clone(),
+                home.join(".local/share/cowork-microvm"),
+                home.join(".local/share"),
+            ]
+        );
+        assert!(missing_dirs(Path::new("/nonexistent/x"), home).is_empty());
     }
 }
