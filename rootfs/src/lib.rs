@@ -73,7 +73,7 @@ pub enum BuildError {
     #[error("{0}")]
     NeedsRoot(String),
     #[error(
-        "the agent {0} is dynamically linked; the guest needs a static one (make image builds it)"
+        "the agent {0} is dynamically linked; the guest needs a static one (the package installs /usr/lib/cowork-microvm/cowork-guest; `make agent` builds it)"
     )]
     DynamicAgent(PathBuf),
     #[error("{0}")]

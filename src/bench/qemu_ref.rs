@@ -55,7 +55,7 @@ fn parts() -> Result<Parts, String> {
     let rootfs = images.join("rootfs-minimal.ext4");
     if !kernel.is_file() || !rootfs.is_file() {
         return Err(format!(
-            "no guest image in {} (make image)",
+            "no guest image in {} (cowork-microvm image build)",
             images.display()
         ));
     }
