@@ -416,9 +416,7 @@ fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manife
             }
         };
         step.done(&format!("{} rootfs tree", profile.name()));
-        let step = progress::Step::start(&format!("{rootfs} (ext4, reproducible)"));
         ext4::make_image(&root, &opts.out.join(&rootfs), SOURCE_DATE_EPOCH, work)?;
-        step.done(&format!("{rootfs} written"));
         // The tree of the standard profile is a few hundred MB.
         let _ = std::fs::remove_dir_all(&root);
         let a = artifact(&opts.out, &rootfs)?;

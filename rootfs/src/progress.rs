@@ -113,3 +113,51 @@ fn copy_hashing(
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, size))
 }
+
+/// Runs `cmd`, which writes `file`, with a bar of the bytes it has
+/// allocated so far against `total` (what the tree to copy holds: the
+/// image is sparse, so its length says nothing until it is done). Off a
+/// terminal, the step's line only. Returns its output (stderr kept for a
+/// failure's message, read on a thread so a chatty tool cannot block).
+pub fn run_writing(
+    cmd: &mut std::process::Command,
+    file: &Path,
+    total: u64,
+    what: &str,
+) -> std::io::Result<std::process::Output> {
+    use std::os::unix::fs::MetadataExt;
+    use std::process::Stdio;
+    let bar = bytes_bar(what, total);
+    if bar.is_hidden() {
+        eprintln!("image: {what}");
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            // At most 1 MiB of a tool's complaints.
+            let _ = s.take(1 << 20).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let written = std::fs::metadata(file).map_or(0, |m| m.blocks() * 512);
+        bar.set_position(written.min(total));
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    bar.finish_and_clear();
+    let stderr = reader.join().unwrap_or_default();
+    Ok(std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    })
+}
