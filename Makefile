@@ -17,7 +17,7 @@ AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
 
 BENCH_FLAGS ?= --quick
 
-.PHONY: help build release agent agent-cli image repro e2e-nested run test lint fmt bench fuzz install
+.PHONY: help build release agent agent-cli image repro e2e-nested run test lint fmt bench fuzz install deb
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -66,3 +66,6 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; crashes go 
 install: release agent ## install the helper and the guest agent to $(PREFIX)/bin
 	install -D -m 0755 target/release/cowork-microvm $(DESTDIR)$(PREFIX)/bin/cowork-microvm
 	install -D -m 0755 $(AGENT) $(DESTDIR)$(PREFIX)/bin/cowork-guest
+
+deb: release agent ## target/deb/cowork-microvm_<version>_amd64.deb: helper, static agent, prebuilt guest kernel (from the kernel cache), docs
+	packaging/build-deb.sh target/release/cowork-microvm $(AGENT) target/deb

@@ -11,7 +11,26 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cowork-microvm",
     version,
-    about = "Cowork VM helper for Claude Desktop on Linux"
+    about = "Cowork VM helper for Claude Desktop on Linux",
+    long_about = "Cowork VM helper for Claude Desktop on Linux.\n\n\
+Claude Desktop starts it as `cowork-microvm -socket PATH`; it runs each \
+Cowork session in a microVM (kvm backend: /dev/kvm and a guest image), \
+else a bubblewrap sandbox (bwrap), else unsandboxed (host, only when asked).",
+    after_long_help = "FIRST STEPS:\n    \
+cowork-microvm doctor            which backend will run, what is missing\n    \
+cowork-microvm image build       build the guest image (kvm backend)\n\n\
+UPDATE:\n    \
+cowork-microvm image build       builds a new image beside the current one and switches to it\n    \
+cowork-microvm image prune       removes old images no running VM uses\n\n\
+REMOVE:\n    \
+cowork-microvm uninstall --purge   your images, caches, session data, logs, config\n    \
+apt purge cowork-microvm           the package\n\n\
+FILES:\n    \
+~/.local/share/cowork-microvm/images/current   the guest image ($COWORK_VM_IMAGE_DIR)\n    \
+~/.local/share/cowork-microvm                  session disks and data ($COWORK_VM_DATA_DIR)\n    \
+~/.cache/cowork-microvm                        build caches\n    \
+~/.config/cowork-microvm/config.json           settings\n    \
+/usr/lib/cowork-microvm/{vmlinux,cowork-guest} the packaged kernel and guest agent"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -52,6 +71,17 @@ pub enum Command {
     /// Build or verify the guest kernel and rootfs images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Remove what cowork-microvm created for you: images, caches, session
+    /// disks and data, logs, the runtime socket, config.
+    Uninstall {
+        /// Required: this removes data, it does not uninstall the package
+        /// (apt purge cowork-microvm does that).
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Boot the guest with the in-process VMM (for debugging and the
     /// nested test harness).
     #[command(subcommand)]
@@ -112,23 +142,43 @@ pub enum ImageCommand {
         /// the kvm backend boots.
         #[arg(long, default_value = "standard")]
         profile: String,
-        /// Output directory [default: $COWORK_VM_IMAGE_DIR or
-        /// $XDG_DATA_HOME/cowork-microvm/images].
+        /// Build into this directory as it is (no versions, no `current`
+        /// link). Without it the image goes into a new directory under
+        /// $COWORK_VM_IMAGE_DIR (or $XDG_DATA_HOME/cowork-microvm/images),
+        /// `current` is switched to it once complete, and older images no
+        /// running VM uses are removed.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The statically linked guest agent [default: cowork-guest beside
-        /// this binary, or as `make image` builds it].
+        /// The statically linked guest agent [default: the packaged one
+        /// (/usr/lib/cowork-microvm/cowork-guest), cowork-guest beside this
+        /// binary, or as `make agent` builds it].
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// A prebuilt guest kernel (vmlinux) to use, with its kernel.json
+        /// beside it [default: the packaged one
+        /// (/usr/lib/cowork-microvm/vmlinux); else it is built from
+        /// linux-source-6.12].
+        #[arg(long, value_name = "VMLINUX")]
+        kernel: Option<PathBuf>,
         /// Only the rootfs (no kernel build).
         #[arg(long)]
         no_kernel: bool,
     },
     /// Check every artifact against its manifest.
     Verify {
+        /// An image directory [default: the current image].
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// List the images: which is current, size, profile, in use by a VM.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every image but the current one, except those a running VM
+    /// still uses.
+    Prune,
 }
 
 #[derive(Subcommand, Debug)]

@@ -82,6 +82,12 @@ pub fn image_dir(home: &Path) -> PathBuf {
     })
 }
 
+/// The image to boot: the store's `current` image under [`image_dir`], or
+/// that directory itself when it holds a flat image (`image build --out`).
+pub fn current_image_dir(home: &Path) -> PathBuf {
+    cowork_rootfs::store::resolve(&image_dir(home))
+}
+
 /// Where expensive builds (the guest kernel) are cached.
 pub fn cache_dir(home: &Path) -> PathBuf {
     env_path("COWORK_VM_CACHE_DIR").unwrap_or_else(|| {

@@ -16,6 +16,7 @@ pub mod doctor;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod image;
+pub mod installed;
 pub mod logging;
 pub mod privileges;
 pub mod protocol;
@@ -23,4 +24,5 @@ pub mod run;
 pub mod select;
 pub mod server;
 pub mod unavailable;
+pub mod uninstall;
 pub mod vm_boot;

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Command::Doctor { json } => Ok(doctor::main(json)),
         Command::Bench(args) => bench::main(args),
         Command::Image(cmd) => image::main(cmd),
+        Command::Uninstall { purge, yes } => cowork_microvm::uninstall::main(purge, yes),
         Command::Call {
             socket,
             method,

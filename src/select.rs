@@ -79,7 +79,7 @@ pub use cowork_kvm_backend::probe::{kvm_is_pvm, kvm_rw};
 /// Why the kvm backend cannot run here, or `None` when it can (the image
 /// in the configured image directory).
 pub fn kvm_unusable_reason() -> Option<String> {
-    let images = crate::config::image_dir(&crate::config::home_dir());
+    let images = crate::config::current_image_dir(&crate::config::home_dir());
     cowork_kvm_backend::probe::unusable_reason(&images)
 }
 
@@ -102,8 +102,12 @@ pub fn probe_kvm() -> Probe {
         Some(reason) => Probe {
             backend: Kind::Kvm,
             usable: false,
-            fix: (!kvm_is_pvm())
-                .then(|| "make image   (builds the guest kernel and rootfs)".to_string()),
+            fix: (!kvm_is_pvm()).then(|| {
+                format!(
+                    "{}   (builds the guest image)",
+                    crate::installed::image_build_command()
+                )
+            }),
             detail: reason,
         },
     }

@@ -15,7 +15,7 @@ use cowork_vmm::{Boot, DiskConfig, Vm, VmConfig, VsockConfig};
 use serde_json::json;
 
 use crate::cli::VmBootArgs;
-use crate::config::{home_dir, image_dir};
+use crate::config::{current_image_dir, home_dir};
 
 /// What the agent prints on the console once it runs.
 pub const READY_LINE: &str = "cowork-guest: ready";
@@ -191,7 +191,7 @@ fn watch_agent(uds: &std::path::Path) -> Result<AgentSeen> {
 }
 
 pub fn main(args: VmBootArgs) -> Result<i32> {
-    let images = image_dir(&home_dir());
+    let images = current_image_dir(&home_dir());
     let kernel = args
         .kernel
         .clone()

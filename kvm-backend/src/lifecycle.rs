@@ -103,6 +103,10 @@ pub struct State {
     /// The agent's acceptor, egress, the idle-session releaser, the
     /// watcher: they end with the VM.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The shared lock on the image directory the VM booted: while held,
+    /// `image build`/`image prune` keep that image (see
+    /// cowork_rootfs::store).
+    image_in_use: Option<cowork_rootfs::store::InUse>,
 }
 
 impl State {
@@ -119,6 +123,7 @@ impl State {
         self.sessions = Sessions::default();
         self.common_shares.clear();
         self.common_mounts.clear();
+        self.image_in_use = None;
         (self.machine.take(), self.link.take())
     }
 }
@@ -346,12 +351,27 @@ impl KvmBackend {
             return Err(unavailable(reason));
         }
         self.step("verifyImage", "started").await;
-        let images = self.cfg.images.clone();
+        // The store's current image, resolved once: this VM reads that
+        // directory even if a later `image build` switches `current`. It is
+        // locked before it is verified, so a prune cannot remove it between.
+        let images = cowork_rootfs::store::resolve(&self.cfg.images);
+        let in_use = cowork_rootfs::store::InUse::take(&images).map_err(|e| {
+            unavailable(format!(
+                "the guest image {} cannot be used ({e}); run `cowork-microvm image build`",
+                images.display()
+            ))
+        })?;
+        let dir = images.clone();
         let manifest =
-            tokio::task::spawn_blocking(move || cowork_rootfs::manifest::verify_boot(&images))
+            tokio::task::spawn_blocking(move || cowork_rootfs::manifest::verify_boot(&dir))
                 .await
                 .map_err(|e| BackendError::invalid("image check", e.to_string()))?
                 .map_err(|e| unavailable(e.to_string()))?;
+        // An agent speaking another wire version would fail after boot with
+        // a confusing error; refuse the image before booting it instead.
+        if let Some(why) = manifest.wire_mismatch(cowork_guest::wire::PROTOCOL_VERSION) {
+            return Err(unavailable(format!("{why} ({})", images.display())));
+        }
         self.step("verifyImage", "completed").await;
         let rootfs = format!("rootfs-{}.ext4", manifest.profile);
         let (mem_mib, cpus, profile) = {
@@ -381,7 +401,7 @@ impl KvmBackend {
         self.step("bootVM", "started").await;
         let cfg = cowork_vmm::VmConfig {
             boot: Boot::Kernel {
-                path: self.cfg.images.join("vmlinux"),
+                path: images.join("vmlinux"),
                 cmdline: format!(
                     "{GUEST_CMDLINE} quiet {}={token}",
                     cowork_guest::wire::TOKEN_PARAM
@@ -397,7 +417,7 @@ impl KvmBackend {
             }),
             disks: vec![
                 DiskConfig {
-                    path: self.cfg.images.join(rootfs),
+                    path: images.join(rootfs),
                     read_only: true,
                     id: "cowork-rootfs".into(),
                 },
@@ -413,6 +433,7 @@ impl KvmBackend {
             .await
             .map_err(|e| BackendError::invalid("VM start", e.to_string()))?
             .map_err(|e| unavailable(e.to_string()))?;
+        self.lock().image_in_use = Some(in_use);
         Ok(Running::Vm(Arc::new(vm)))
     }
 
@@ -484,6 +505,7 @@ impl KvmBackend {
             acceptor.abort();
             self.lock().link = None;
             reap(machine).await;
+            self.lock().image_in_use = None;
             return Err(unavailable(format!(
                 "{why}; console tail (full log in {}):\n{}",
                 log.display(),

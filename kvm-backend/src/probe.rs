@@ -31,12 +31,14 @@ pub fn unusable_reason(images: &Path) -> Option<String> {
     if kvm_is_pvm() {
         return Some("/dev/kvm is PVM-backed (the kvm_pvm module): a standard guest kernel cannot boot on it; use bwrap here".into());
     }
+    // The store's `current` image, if the directory is a store.
+    let images = &cowork_rootfs::store::resolve(images);
     // Presence only: hashing the artifacts is doctor's job and startVM's,
     // not every helper start-up's.
     match cowork_rootfs::manifest::Manifest::load(images) {
         Ok(m) if m.artifacts.contains_key("vmlinux") => None,
         Ok(_) => Some(format!(
-            "the guest image in {} has no kernel; run make image",
+            "the guest image in {} has no kernel; run `cowork-microvm image build`",
             images.display()
         )),
         Err(e) => Some(format!("guest image: {e}")),

@@ -59,32 +59,39 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), BuildError> {
 /// Builds `image` from `root` with every time set to `epoch`.
 pub fn make_image(root: &Path, image: &Path, epoch: u64, work: &Path) -> Result<(), BuildError> {
     // Room for metadata and a little growth; a whole number of MiB.
-    let mib = (tree_bytes(root) * 13 / 10 / (1 << 20)) + 16;
+    let bytes = tree_bytes(root);
+    let mib = (bytes * 13 / 10 / (1 << 20)) + 16;
     let _ = std::fs::remove_file(image);
     let fake_time = epoch.max(1).to_string();
-    run(
-        Command::new("mke2fs")
-            .env("E2FSPROGS_FAKE_TIME", &fake_time)
-            .args([
-                "-q",
-                "-F",
-                "-t",
-                "ext4",
-                "-O",
-                "^has_journal",
-                "-L",
-                "cowork-root",
-                "-U",
-                UUID,
-            ])
-            .arg("-E")
-            .arg(format!("hash_seed={UUID},root_owner=0:0"))
-            .arg("-d")
-            .arg(root)
-            .arg(image)
-            .arg(format!("{mib}M")),
-        "mke2fs",
-    )?;
+    let mut mke2fs = Command::new("mke2fs");
+    mke2fs
+        .env("E2FSPROGS_FAKE_TIME", &fake_time)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-L",
+            "cowork-root",
+            "-U",
+            UUID,
+        ])
+        .arg("-E")
+        .arg(format!("hash_seed={UUID},root_owner=0:0"))
+        .arg("-d")
+        .arg(root)
+        .arg(image)
+        .arg(format!("{mib}M"));
+    let out = crate::progress::run_writing(&mut mke2fs, image, bytes, "writing the ext4 image")
+        .map_err(|e| BuildError::Step(format!("mke2fs: {e}")))?;
+    if !out.status.success() {
+        return Err(BuildError::Step(format!(
+            "mke2fs failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
     let mut cmds = String::new();
     for p in tree_paths(root) {
         for field in ["atime", "ctime", "mtime", "crtime"] {
@@ -97,6 +104,7 @@ pub fn make_image(root: &Path, image: &Path, epoch: u64, work: &Path) -> Result<
     let cmd_file = work.join("debugfs.cmds");
     std::fs::write(&cmd_file, cmds)
         .map_err(|e| BuildError::Step(format!("debugfs commands: {e}")))?;
+    let step = crate::progress::Step::start("fixing times and owners in the image (debugfs)");
     run(
         Command::new("debugfs")
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
@@ -105,5 +113,7 @@ pub fn make_image(root: &Path, image: &Path, epoch: u64, work: &Path) -> Result<
             .arg(&cmd_file)
             .arg(image),
         "debugfs",
-    )
+    )?;
+    step.done("ext4 image written");
+    Ok(())
 }

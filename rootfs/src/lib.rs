@@ -7,6 +7,8 @@
 
 pub mod ext4;
 pub mod manifest;
+pub mod progress;
+pub mod store;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -71,7 +73,7 @@ pub enum BuildError {
     #[error("{0}")]
     NeedsRoot(String),
     #[error(
-        "the agent {0} is dynamically linked; the guest needs a static one (make image builds it)"
+        "the agent {0} is dynamically linked; the guest needs a static one (the package installs /usr/lib/cowork-microvm/cowork-guest; `make agent` builds it)"
     )]
     DynamicAgent(PathBuf),
     #[error("{0}")]
@@ -89,10 +91,76 @@ pub struct BuildOptions {
     pub kernel: bool,
     /// Where the kernel build is cached between runs.
     pub cache: PathBuf,
+    /// A kernel built already (the packaged one) to use instead of
+    /// building it: with `kernel`, this is copied instead.
+    pub prebuilt_kernel: Option<PrebuiltKernel>,
+    /// A directory holding an earlier build whose rootfs images are reused
+    /// (hard-linked, else copied) when their inputs are unchanged; `None`
+    /// looks in `out` itself.
+    pub reuse_from: Option<PathBuf>,
+    /// The agent's wire protocol version, recorded in the manifest.
+    pub wire_version: Option<u32>,
+}
+
+/// A prebuilt guest kernel and the `kernel.json` that describes it (what
+/// `build-kernel.sh` writes: its inputs and `vmlinuxSha256`).
+#[derive(Debug, Clone)]
+pub struct PrebuiltKernel {
+    pub vmlinux: PathBuf,
+    pub info: PathBuf,
 }
 
 fn progress(step: &str) {
     eprintln!("image: {step}");
+}
+
+/// The kernel's inputs from a `kernel.json`, keyed `kernel.<key>` for the
+/// manifest (its `vmlinuxSha256` is the artifact's hash, recorded there).
+fn kernel_inputs(info: BTreeMap<String, serde_json::Value>) -> BTreeMap<String, String> {
+    info.into_iter()
+        .filter(|(k, _)| k != "vmlinuxSha256")
+        .map(|(k, v)| {
+            (
+                format!("kernel.{k}"),
+                v.as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Copies a prebuilt kernel into `out`, refusing one that does not match
+/// the hash its `kernel.json` gives.
+fn copy_kernel(k: &PrebuiltKernel, out: &Path) -> Result<BTreeMap<String, String>, BuildError> {
+    let text = std::fs::read(&k.info)
+        .map_err(|e| BuildError::Step(format!("{}: {e}", k.info.display())))?;
+    if text.len() > 1 << 20 {
+        return Err(BuildError::Step(format!(
+            "{} is too large",
+            k.info.display()
+        )));
+    }
+    let info: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| BuildError::Step(format!("{}: {e}", k.info.display())))?;
+    let want = info
+        .get("vmlinuxSha256")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| BuildError::Step(format!("{} has no vmlinuxSha256", k.info.display())))?;
+    let (got, _) = progress::copy_file(&k.vmlinux, &out.join(KERNEL), "kernel (prebuilt)")
+        .map_err(|e| BuildError::Step(format!("kernel {}: {e}", k.vmlinux.display())))?;
+    if got != want {
+        let _ = std::fs::remove_file(out.join(KERNEL));
+        return Err(BuildError::Step(format!(
+            "{} does not match {}: sha256 {got}, expected {want}; reinstall the package",
+            k.vmlinux.display(),
+            k.info.display()
+        )));
+    }
+    progress(&format!(
+        "kernel: {} (prebuilt, verified)",
+        k.vmlinux.display()
+    ));
+    Ok(kernel_inputs(info))
 }
 
 fn have(tool: &str) -> bool {
@@ -115,7 +183,7 @@ fn check_tools(opts: &BuildOptions) -> Result<(), BuildError> {
     if opts.profiles.contains(&Profile::Standard) && !have("mmdebstrap") {
         missing.push("mmdebstrap");
     }
-    if opts.kernel {
+    if opts.kernel && opts.prebuilt_kernel.is_none() {
         for (tool, pkg) in [
             ("make", "build-essential"),
             ("flex", "flex"),
@@ -156,37 +224,41 @@ fn host_package_version(package: &str) -> String {
 }
 
 fn build_kernel(opts: &BuildOptions, work: &Path) -> Result<BTreeMap<String, String>, BuildError> {
-    progress("kernel (cached after the first build; about 6 minutes without a cache)");
+    let step = progress::Step::start(
+        "kernel (cached after the first build; about 6 minutes without a cache)",
+    );
     let dir = work.join("kernel-src");
     std::fs::create_dir_all(dir.join("kernel")).map_err(|e| BuildError::Step(e.to_string()))?;
     std::fs::write(dir.join("build-kernel.sh"), KERNEL_SCRIPT)
         .map_err(|e| BuildError::Step(e.to_string()))?;
     std::fs::write(dir.join("kernel/guest.config"), KERNEL_FRAGMENT)
         .map_err(|e| BuildError::Step(e.to_string()))?;
-    let status = Command::new("bash")
+    // Its output is kept for a failure's message: the spinner says what
+    // runs meanwhile.
+    let run = Command::new("bash")
         .arg(dir.join("build-kernel.sh"))
         .arg(&opts.out)
         .env("COWORK_VM_CACHE_DIR", &opts.cache)
-        .status()
+        .stdin(std::process::Stdio::null())
+        .output()
         .map_err(|e| BuildError::Step(format!("kernel build: {e}")))?;
-    if !status.success() {
-        return Err(BuildError::Step(format!("kernel build failed ({status})")));
+    if !run.status.success() {
+        let err = String::from_utf8_lossy(&run.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        return Err(BuildError::Step(format!(
+            "kernel build failed ({}):\n{}",
+            run.status,
+            tail.join("\n")
+        )));
     }
+    step.done("kernel: built (or found in the cache)");
     let info: BTreeMap<String, serde_json::Value> = std::fs::read(opts.out.join("kernel.json"))
         .ok()
         .and_then(|t| serde_json::from_slice(&t).ok())
         .ok_or_else(|| BuildError::Step("kernel build left no kernel.json".into()))?;
     let _ = std::fs::remove_file(opts.out.join("kernel.json"));
-    Ok(info
-        .into_iter()
-        .filter(|(k, _)| k != "vmlinuxSha256")
-        .map(|(k, v)| {
-            (
-                format!("kernel.{k}"),
-                v.as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect())
+    Ok(kernel_inputs(info))
 }
 
 /// The inputs that decide one profile's rootfs, keyed `<profile>.<key>`:
@@ -261,22 +333,40 @@ pub fn build(opts: &BuildOptions) -> Result<Manifest, BuildError> {
 }
 
 fn artifact(out: &Path, name: &str) -> Result<Artifact, BuildError> {
-    let (sha256, size) =
-        sha256_file(&out.join(name)).map_err(|e| BuildError::Step(format!("{name}: {e}")))?;
+    let (sha256, size) = progress::sha256_file(&out.join(name), &format!("hashing {name}"))
+        .map_err(|e| BuildError::Step(format!("{name}: {e}")))?;
     Ok(Artifact { sha256, size })
 }
 
+/// Puts `from` at `to` as a hard link (same bytes, no copy), else a copy.
+fn link_or_copy(from: &Path, to: &Path, what: &str) -> std::io::Result<()> {
+    if from == to {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    progress::copy_file(from, to, what).map(|_| ())
+}
+
 fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manifest, BuildError> {
-    let old = Manifest::load(&opts.out).ok();
+    let reuse = opts.reuse_from.as_deref().unwrap_or(&opts.out);
+    let old = Manifest::load(reuse).ok();
     let mut m = Manifest {
         format_version: FORMAT_VERSION,
         profile: primary.name().into(),
         source_date_epoch: SOURCE_DATE_EPOCH,
         inputs: BTreeMap::new(),
         packages: BTreeMap::new(),
+        wire_version: opts.wire_version,
         artifacts: BTreeMap::new(),
     };
-    if opts.kernel {
+    if let (true, Some(k)) = (opts.kernel, &opts.prebuilt_kernel) {
+        m.inputs.extend(copy_kernel(k, &opts.out)?);
+        m.artifacts
+            .insert(KERNEL.to_string(), artifact(&opts.out, KERNEL)?);
+    } else if opts.kernel {
         m.inputs.extend(build_kernel(opts, work)?);
         m.artifacts
             .insert(KERNEL.to_string(), artifact(&opts.out, KERNEL)?);
@@ -287,11 +377,16 @@ fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manife
         let cached = old.as_ref().and_then(|o| {
             let a = o.artifacts.get(&rootfs)?;
             let fresh = inputs_of(o, profile) == inputs
-                && sha256_file(&opts.out.join(&rootfs)).ok()?.0 == a.sha256;
+                && progress::sha256_file(&reuse.join(&rootfs), &format!("checking {rootfs}"))
+                    .ok()?
+                    .0
+                    == a.sha256;
             fresh.then(|| (a.clone(), o.packages.get(profile.name()).cloned()))
         });
         if let Some((a, packages)) = cached {
-            progress(&format!("{rootfs}: up to date ({})", opts.out.display()));
+            link_or_copy(&reuse.join(&rootfs), &opts.out.join(&rootfs), &rootfs)
+                .map_err(|e| BuildError::Step(format!("{rootfs}: {e}")))?;
+            progress(&format!("{rootfs}: up to date ({})", reuse.display()));
             m.artifacts.insert(rootfs, a);
             if let Some(p) = packages {
                 m.packages.insert(profile.name().into(), p);
@@ -300,7 +395,10 @@ fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manife
             continue;
         }
         let t0 = std::time::Instant::now();
-        progress(&format!("{} rootfs tree", profile.name()));
+        let step = progress::Step::start(&match profile {
+            Profile::Minimal => "minimal rootfs tree (busybox)".to_string(),
+            Profile::Standard => "standard rootfs tree (mmdebstrap: a few minutes)".to_string(),
+        });
         let root = work.join(format!("root-{}", profile.name()));
         std::fs::create_dir_all(&root).map_err(|e| BuildError::Step(e.to_string()))?;
         let packages = match profile {
@@ -317,7 +415,7 @@ fn build_in(opts: &BuildOptions, primary: Profile, work: &Path) -> Result<Manife
                 tree::packages(&root)?
             }
         };
-        progress(&format!("{rootfs} (ext4, reproducible)"));
+        step.done(&format!("{} rootfs tree", profile.name()));
         ext4::make_image(&root, &opts.out.join(&rootfs), SOURCE_DATE_EPOCH, work)?;
         // The tree of the standard profile is a few hundred MB.
         let _ = std::fs::remove_dir_all(&root);

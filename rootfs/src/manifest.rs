@@ -36,17 +36,23 @@ pub struct Manifest {
     /// Per profile, every package in its rootfs as `name=version`, sorted.
     #[serde(default)]
     pub packages: BTreeMap<String, Vec<String>>,
+    /// The guest agent's wire protocol version
+    /// (`cowork_guest::wire::PROTOCOL_VERSION` of the helper that built the
+    /// image): the kvm backend refuses to boot an image whose agent speaks
+    /// another. Absent in images built before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire_version: Option<u32>,
     /// File name (beside the manifest) to its hash and size.
     pub artifacts: BTreeMap<String, Artifact>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
-    #[error("no manifest at {0}: build the image first (make image)")]
+    #[error("no manifest at {0}: build it with `cowork-microvm image build`")]
     Missing(PathBuf),
     #[error("cannot read {path}: {error}")]
     Unreadable { path: PathBuf, error: String },
-    #[error("{path} does not match its manifest: expected sha256 {expected}, found {actual}; rebuild with make image")]
+    #[error("{path} does not match its manifest: expected sha256 {expected}, found {actual}; rebuild it with `cowork-microvm image build`")]
     Mismatch {
         path: PathBuf,
         expected: String,
@@ -91,6 +97,19 @@ impl Manifest {
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(dir.join(MANIFEST), text)
+    }
+
+    /// Why a helper speaking wire protocol `ours` must not boot this
+    /// image (its agent speaks another, or an unrecorded one), naming the
+    /// command that fixes it; `None` when they match.
+    pub fn wire_mismatch(&self, ours: u32) -> Option<String> {
+        match self.wire_version {
+            Some(v) if v == ours => None,
+            theirs => Some(format!(
+                "the guest image's agent speaks wire protocol {}, this helper speaks version {ours}: rebuild the image with `cowork-microvm image build`",
+                theirs.map_or_else(|| "(not recorded: an older image)".to_string(), |v| format!("version {v}"))
+            )),
+        }
     }
 
     /// Checks every artifact against its recorded hash.
@@ -155,6 +174,7 @@ mod tests {
             source_date_epoch: 1,
             inputs: BTreeMap::new(),
             packages: BTreeMap::new(),
+            wire_version: None,
             artifacts: [("a.img".to_string(), Artifact { sha256, size })].into(),
         };
         m.write(t.path()).unwrap();
@@ -186,6 +206,7 @@ mod tests {
             source_date_epoch: 1,
             inputs: BTreeMap::new(),
             packages: BTreeMap::new(),
+            wire_version: None,
             artifacts,
         };
         m.write(t.path()).unwrap();
@@ -195,6 +216,33 @@ mod tests {
         std::fs::write(t.path().join("rootfs-standard.ext4"), b"changed").unwrap();
         let e = verify_boot(t.path()).unwrap_err().to_string();
         assert!(e.contains("rootfs-standard.ext4"), "{e}");
+    }
+
+    #[test]
+    fn a_wire_version_other_than_ours_is_named_with_its_fix() {
+        let mut m = Manifest {
+            format_version: FORMAT_VERSION,
+            profile: "minimal".into(),
+            source_date_epoch: 1,
+            inputs: BTreeMap::new(),
+            packages: BTreeMap::new(),
+            wire_version: Some(2),
+            artifacts: BTreeMap::new(),
+        };
+        assert_eq!(m.wire_mismatch(2), None);
+        let e = m.wire_mismatch(3).unwrap();
+        assert!(
+            e.contains("version 2") && e.contains("cowork-microvm image build"),
+            "{e}"
+        );
+        m.wire_version = None;
+        assert!(m.wire_mismatch(2).unwrap().contains("not recorded"));
+        // Written and read back: the field survives, and an older manifest
+        // without it loads as None.
+        m.wire_version = Some(7);
+        let t = tempfile::tempdir().unwrap();
+        m.write(t.path()).unwrap();
+        assert_eq!(Manifest::load(t.path()).unwrap().wire_version, Some(7));
     }
 
     #[test]

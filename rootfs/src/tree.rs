@@ -145,8 +145,9 @@ pub fn standard(
 ) -> Result<(), BuildError> {
     if !nix_is_root() {
         return Err(BuildError::NeedsRoot(
-            "the standard profile runs mmdebstrap in root mode, which needs root: run `sudo make image` \
-             (or `make image PROFILE=minimal`, which builds without root). Unprivileged \
+            "the standard profile runs mmdebstrap in root mode, which needs root: run `sudo cowork-microvm image build` \
+             (the image goes to your home and is yours; `sudo make image` in a source tree), or build \
+             `--profile minimal`, which needs no root. Unprivileged \
              `mmdebstrap --mode=unshare` can only hand over a tarball, and making the ext4 image \
              from one needs e2fsprogs 1.47.1 or newer (mke2fs -d TARBALL)"
                 .into(),

@@ -91,6 +91,9 @@ fn standard_rootfs_is_reproducible_and_has_what_sessions_need() {
             agent: agent.clone(),
             kernel: false,
             cache: t.path().join("cache"),
+            prebuilt_kernel: None,
+            reuse_from: None,
+            wire_version: None,
         })
         .unwrap();
         let a = &m.artifacts["rootfs-standard.ext4"];

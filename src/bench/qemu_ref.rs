@@ -50,12 +50,12 @@ fn parts() -> Result<Parts, String> {
     if !kvm.usable {
         return Err(kvm.detail);
     }
-    let images = crate::config::image_dir(&crate::config::home_dir());
+    let images = crate::config::current_image_dir(&crate::config::home_dir());
     let kernel = images.join("vmlinux");
     let rootfs = images.join("rootfs-minimal.ext4");
     if !kernel.is_file() || !rootfs.is_file() {
         return Err(format!(
-            "no guest image in {} (make image)",
+            "no guest image in {} (cowork-microvm image build)",
             images.display()
         ));
     }

@@ -13,6 +13,8 @@ set -euo pipefail
 
 helper=$(realpath "${1:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
 images=$(realpath "${2:?usage: e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]}")
+# An image store (`image build` without --out): its current image.
+if [ -L "$images/current" ]; then images=$(realpath "$images/current"); fi
 result=${3:-}
 cache=${COWORK_VM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cowork-microvm}/outer
 for tool in qemu-system-x86_64 cpio gzip apt-cache apt-get dpkg-deb python3; do
