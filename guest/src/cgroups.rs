@@ -12,7 +12,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nix::libc;
 
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
 /// Tasks a session may have at once (needs CONFIG_CGROUP_PIDS).
@@ -100,22 +99,7 @@ impl ProcessCgroup {
     /// the cgroup (writing "0" to `cgroup.procs` moves the writer). Only
     /// system calls on data made before the fork.
     pub fn join_in_child(&self) -> std::io::Result<()> {
-        // SAFETY: `procs` is a NUL-terminated path owned by `self` and the
-        // buffer static, both alive for the calls; the descriptor is ours
-        // and closed before returning.
-        unsafe {
-            let fd = libc::open(self.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let r = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if r != 1 {
-                return Err(err);
-            }
-        }
-        Ok(())
+        crate::oom::write_in_child(&self.procs, b"0")
     }
 }
 

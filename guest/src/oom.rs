@@ -19,17 +19,24 @@ pub fn protect_self() -> Result<(), String> {
 /// system calls on static data, as is allowed there. Raising the value
 /// needs no privilege.
 pub fn reset_in_child() -> std::io::Result<()> {
-    // SAFETY: a static NUL-terminated path and a static buffer, both alive
-    // for the calls; the descriptor is ours and closed before returning.
+    write_in_child(PATH, b"0")
+}
+
+/// Writes `data` to the file at `path` with raw system calls only: what a
+/// child may do between fork and exec.
+pub(crate) fn write_in_child(path: &std::ffi::CStr, data: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `path` is NUL-terminated and `data` a live buffer, both
+    // borrowed for the calls; the descriptor is ours and closed before
+    // returning.
     unsafe {
-        let fd = libc::open(PATH.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+        let r = libc::write(fd, data.as_ptr().cast(), data.len());
         let err = std::io::Error::last_os_error();
         libc::close(fd);
-        if r != 1 {
+        if usize::try_from(r).ok() != Some(data.len()) {
             return Err(err);
         }
     }
