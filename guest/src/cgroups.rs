@@ -12,7 +12,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup/cowork";
 /// Tasks a session may have at once (needs CONFIG_CGROUP_PIDS).
 pub const PIDS_MAX: u32 = 4096;
