@@ -43,6 +43,9 @@ const HANDSHAKES: usize = 16;
 /// How long a connection to the agent port has to say its hello: the
 /// agent says it at once; a silent connection gives its slot back soon.
 const HELLO_LIMIT: Duration = Duration::from_secs(2);
+/// How long a session stays idle (no process, no spawn under way) before
+/// its processes are ended and its folders unexported.
+const IDLE_GRACE: Duration = Duration::from_secs(5);
 /// Refused agent connections logged one by one per boot; later ones are
 /// counted.
 const REFUSALS_LOGGED: u64 = 10;
@@ -226,8 +229,10 @@ async fn accept_agents(
     }
 }
 
-/// Releases idle sessions' shares after every process end, for the VM's
-/// life.
+/// Releases idle sessions' shares after process ends, for the VM's life:
+/// [`IDLE_GRACE`] after an end, what is still idle then is released (a
+/// session spawning one command after another keeps its shares, and the
+/// guest its page cache of them).
 async fn release_on_exit(
     state: Arc<Mutex<State>>,
     share_ops: Arc<tokio::sync::Mutex<()>>,
@@ -235,6 +240,7 @@ async fn release_on_exit(
 ) {
     loop {
         exited.notified().await;
+        tokio::time::sleep(IDLE_GRACE).await;
         crate::shares::release_idle(&state, &share_ops).await;
     }
 }
