@@ -211,11 +211,11 @@ echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
 # The session disk outlives the VM and the helper, even one SIGKILLed
 # mid-session (the VM running, a process in it; the stale socket replaced).
-# Written on this start's disk: each desktop profile has its own (the VM
-# first started before \`run\` named its profile, so kept.txt above went to
-# the unnamed profile's disk).
+# Written (and synced: the helper is killed next) on this start's disk:
+# each desktop profile has its own (the VM first started before \`run\`
+# named its profile, so kept.txt above went to the unnamed profile's disk).
 call startVM '{"memoryGB":0.25}' >/dev/null
-run -- sh -c 'echo kept > /sessions/e2e/kept.txt' >/dev/null 2>&1
+run -- sh -c 'echo kept > /sessions/e2e/kept.txt && sync' >/dev/null 2>&1
 call spawn '{"id":"k2","name":"e2e","command":"sleep","args":["60"]}' >/dev/null
 victim=\$helper
 [ -n "$strace_prefix" ] && victim=\$(cut -d' ' -f1 /proc/\$helper/task/\$helper/children)
