@@ -54,6 +54,8 @@ fn main() {
         // cpio on PATH (the nested harness)
         ("has_cpio", on_path("cpio")),
         ("has_python3", on_path("python3")),
+        // npm fetches the pinned Claude Code CLI (tests/agent_turn.rs)
+        ("has_npm", on_path("npm")),
         // the static guest agent (`make agent`)
         ("has_static_agent", agent.is_file()),
         // dpkg-deb and dpkg to build and install the .deb (`make deb`)

@@ -7,8 +7,9 @@
 //!
 //! Needs the pinned CLI (`tests/agent/fetch-claude.sh` fetches it from
 //! npm into ~/.cache) and, for the bwrap tests, a working bubblewrap. When
-//! one is missing each test says SKIP and why; under `CI=true` it fails
-//! instead, so CI cannot pass without running the turn.
+//! one is missing the test runner lists the test as ignored, with the
+//! reason (build.rs); under CI it fails instead, so CI cannot pass without
+//! running the turn.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 mod common;
@@ -24,14 +25,6 @@ use serde_json::{json, Value};
 /// How long one turn may take (the CLI's first start reads ~370 MB).
 const TURN: Duration = Duration::from_secs(120);
 
-/// A missing prerequisite: SKIP with the reason, or fail under CI.
-fn missing(test: &str, why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: {why} (CI=true: prerequisites must be present)");
-    }
-    eprintln!("SKIP {test}: {why}");
-}
-
 /// The cached CLI's SDK directory, fetching it when absent.
 fn sdk(test: &str) -> Option<PathBuf> {
     if let Some(s) = agent_turn::cached_sdk() {
@@ -41,7 +34,8 @@ fn sdk(test: &str) -> Option<PathBuf> {
     let out = Command::new(&script).output();
     match out {
         Ok(o) if o.status.success() => agent_turn::cached_sdk().or_else(|| {
-            missing(
+            require(
+                false,
                 test,
                 "fetch-claude.sh succeeded but the CLI is not in the cache",
             );
@@ -53,11 +47,15 @@ fn sdk(test: &str) -> Option<PathBuf> {
                 o.status,
                 String::from_utf8_lossy(&o.stderr).trim()
             );
-            missing(test, &why);
+            require(false, test, &why);
             None
         }
         Err(e) => {
-            missing(test, &format!("cannot run {}: {e}", script.display()));
+            require(
+                false,
+                test,
+                &format!("cannot run {}: {e}", script.display()),
+            );
             None
         }
     }
@@ -66,7 +64,8 @@ fn sdk(test: &str) -> Option<PathBuf> {
 fn loopback(test: &str) -> Option<(String, std::net::Ipv4Addr)> {
     let r = agent_turn::loopback_name();
     if r.is_none() {
-        missing(
+        require(
+            false,
             test,
             "neither this machine's host name nor localhost.localdomain resolves to loopback only",
         );
@@ -80,7 +79,8 @@ fn bwrap_usable(test: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        missing(
+        require(
+            false,
             test,
             "bubblewrap is not installed or cannot create namespaces here",
         );
@@ -227,6 +227,10 @@ fn prompt() -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_npm),
+    ignore = "needs npm (it fetches the pinned Claude Code CLI)"
+)]
 fn turn_on_host() {
     let test = "turn_on_host";
     let (Some(sdk), Some((host, ip))) = (sdk(test), loopback(test)) else {
@@ -252,6 +256,10 @@ fn bwrap_helper() -> Helper {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_npm, has_bwrap)),
+    ignore = "needs npm (it fetches the pinned Claude Code CLI) and a bubblewrap that can create namespaces"
+)]
 fn turn_on_bwrap_through_the_egress_proxy() {
     let test = "turn_on_bwrap_through_the_egress_proxy";
     if !bwrap_usable(test) {
@@ -276,6 +284,10 @@ fn turn_on_bwrap_through_the_egress_proxy() {
 /// Without the mock's name in allowedDomains the proxy refuses: the turn
 /// ends in an API error and the mock sees nothing.
 #[test]
+#[cfg_attr(
+    not(all(has_npm, has_bwrap)),
+    ignore = "needs npm (it fetches the pinned Claude Code CLI) and a bubblewrap that can create namespaces"
+)]
 fn bwrap_turn_without_the_domain_is_refused_at_the_proxy() {
     let test = "bwrap_turn_without_the_domain_is_refused_at_the_proxy";
     if !bwrap_usable(test) {
@@ -313,6 +325,10 @@ fn bwrap_turn_without_the_domain_is_refused_at_the_proxy() {
 /// A user message of more than 1 MiB, one stdin line, reaches the model
 /// intact.
 #[test]
+#[cfg_attr(
+    not(all(has_npm, has_bwrap)),
+    ignore = "needs npm (it fetches the pinned Claude Code CLI) and a bubblewrap that can create namespaces"
+)]
 fn large_user_message_passes_intact_on_bwrap() {
     let test = "large_user_message_passes_intact_on_bwrap";
     if !bwrap_usable(test) {
@@ -354,11 +370,18 @@ fn large_user_message_passes_intact_on_bwrap() {
 /// it owns): this test, as root, re-runs the test binary for
 /// `unprivileged_bwrap_turn_inner` that way.
 #[test]
+#[cfg_attr(
+    not(all(has_npm, has_bwrap, has_root)),
+    ignore = "needs npm (it fetches the pinned Claude Code CLI), a bubblewrap that can create namespaces, and root (to run it as uid 65534)"
+)]
 fn turn_on_bwrap_unprivileged() {
     use std::os::unix::fs::chown;
     let test = "turn_on_bwrap_unprivileged";
-    if !is_root() {
-        eprintln!("SKIP {test}: not root; the other bwrap tests already run unprivileged");
+    if !require(
+        is_root(),
+        test,
+        "not root; the other bwrap tests already run unprivileged",
+    ) {
         return;
     }
     if !bwrap_usable(test) {
@@ -372,7 +395,7 @@ fn turn_on_bwrap_unprivileged() {
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        missing(test, "setpriv (util-linux) is not installed");
+        require(false, test, "setpriv (util-linux) is not installed");
         return;
     }
     // A directory the user owns, with a copy of the CLI it owns (so the

@@ -1,9 +1,14 @@
 //! The standard profile built twice from scratch gives the same bytes, and
 //! the image holds what sessions need. Needs root, mmdebstrap, e2fsprogs and
-//! a Debian mirror (about 3-4 minutes): without them it says SKIP, and under
-//! `CI=true` it fails instead, so CI cannot pass without having run it.
+//! a Debian mirror (about 3-4 minutes): without them the test runner lists
+//! it as ignored with the reason (build.rs), and under CI it fails instead,
+//! so CI cannot pass without having run it.
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+#[path = "../../prerequisites/require.rs"]
+mod prerequisite;
+
+use prerequisite::require;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -67,13 +72,18 @@ fn debugfs(image: &Path, cmd: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(has_mmdebstrap),
+    ignore = "needs root, mmdebstrap, mke2fs and debugfs (and a reachable Debian mirror)"
+)]
 fn standard_rootfs_is_reproducible_and_has_what_sessions_need() {
-    if let Some(why) = missing() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true but the standard rootfs test cannot run: needs {why}"
-        );
-        eprintln!("SKIP standard_rootfs_is_reproducible_and_has_what_sessions_need: needs {why}");
+    let test = "standard_rootfs_is_reproducible_and_has_what_sessions_need";
+    let why = missing();
+    if !require(
+        why.is_none(),
+        test,
+        &format!("needs {}", why.unwrap_or_default()),
+    ) {
         return;
     }
     let t = tempfile::tempdir().unwrap();
