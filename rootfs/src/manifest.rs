@@ -61,17 +61,27 @@ pub enum VerifyError {
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
+    sha256_stream(std::fs::File::open(path)?, |_| Ok(()))
+}
+
+/// sha256 (hex) and length of everything `r` yields, each chunk also
+/// handed to `each` (a copy, a progress bar).
+pub fn sha256_stream(
+    mut r: impl Read,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             break;
         }
+        let chunk = buf.get(..n).unwrap_or_default();
+        h.update(chunk);
+        each(chunk)?;
         size += n as u64;
-        h.update(&buf[..n]);
     }
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, size))

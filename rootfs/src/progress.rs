@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
 /// A step of unknown length.
 pub struct Step {
@@ -93,25 +92,13 @@ fn copy_hashing(
     mut to: Option<&mut std::fs::File>,
     bar: &ProgressBar,
 ) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(from)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        let chunk = buf.get(..n).unwrap_or_default();
-        h.update(chunk);
+    crate::manifest::sha256_stream(std::fs::File::open(from)?, |chunk| {
         if let Some(out) = to.as_deref_mut() {
             out.write_all(chunk)?;
         }
-        size += n as u64;
-        bar.inc(n as u64);
-    }
-    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    Ok((hex, size))
+        bar.inc(chunk.len() as u64);
+        Ok(())
+    })
 }
 
 /// Runs `cmd`, which writes `file`, with a bar of the bytes it has
