@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use fuse_backend_rs::abi::fuse_abi::{
-    CreateIn, EntryOut, InHeader, InitIn, LinkIn, MkdirIn, Opcode, OpenIn, OutHeader, ReadIn,
-    RenameIn, SetattrIn, WriteIn,
+    CreateIn, EntryOut, InHeader, InitIn, LinkIn, MkdirIn, Opcode, OpenIn, OpenOut, OutHeader,
+    ReadIn, RenameIn, SetattrIn, WriteIn,
 };
 use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -44,6 +44,21 @@ fn desc(addr: u64, len: u32, flags: u32, next: u16) -> RawDescriptor {
 }
 
 impl Guest {
+    /// OPEN with `flags`: the file handle, or the errno.
+    fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
+        let o = OpenIn {
+            flags: flags as u32,
+            fuse_flags: 0,
+        };
+        let (out, p) = self.call(Opcode::Open as u32, node, o.as_slice());
+        if out.error != 0 {
+            return Err(-out.error);
+        }
+        Ok(OpenOut::from_slice(&p[..std::mem::size_of::<OpenOut>()])
+            .map(|o| o.fh)
+            .unwrap_or_default())
+    }
+
     fn new(shares: Arc<Shares>) -> Guest {
         let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
             GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap(),

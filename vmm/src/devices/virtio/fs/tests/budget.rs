@@ -3,7 +3,7 @@
 //! handles, keeps what it already has, and gets room back by forgetting
 //! (on the high-priority queue, where the guest sends FORGET) or releasing.
 
-use fuse_backend_rs::abi::fuse_abi::{BatchForgetIn, ForgetIn, ForgetOne, OpenOut, ReleaseIn};
+use fuse_backend_rs::abi::fuse_abi::{BatchForgetIn, ForgetIn, ForgetOne, ReleaseIn};
 
 use super::*;
 
@@ -46,20 +46,6 @@ impl Guest {
     fn forget(&mut self, node: u64, nlookup: u64) {
         self.hiprio(Opcode::Forget, node, ForgetIn { nlookup }.as_slice());
     }
-
-    fn open_fh(&mut self, node: u64) -> Result<u64, i32> {
-        let o = OpenIn {
-            flags: libc::O_RDONLY as u32,
-            fuse_flags: 0,
-        };
-        let (out, p) = self.call(Opcode::Open as u32, node, o.as_slice());
-        if out.error != 0 {
-            return Err(-out.error);
-        }
-        Ok(OpenOut::from_slice(&p[..std::mem::size_of::<OpenOut>()])
-            .map(|o| o.fh)
-            .unwrap_or_default())
-    }
 }
 
 fn tree(files: usize) -> tempfile::TempDir {
@@ -84,7 +70,11 @@ fn lookups_past_the_budget_get_enfile_until_forgotten() {
     let f2 = g.lookup(root, "f2").unwrap();
     assert_eq!(shares.fd_budget().used(), 3);
     assert_eq!(g.lookup(root, "f3"), Err(libc::ENFILE), "a new inode");
-    assert_eq!(g.open_fh(f0), Err(libc::ENFILE), "a new handle");
+    assert_eq!(
+        g.open(f0, libc::O_RDONLY),
+        Err(libc::ENFILE),
+        "a new handle"
+    );
     // What the guest has keeps working: looking it up again (as the kernel
     // does to revalidate) costs nothing.
     assert_eq!(g.lookup(root, "f0"), Ok(f0), "a known inode");
@@ -109,7 +99,7 @@ fn lookups_past_the_budget_get_enfile_until_forgotten() {
         &[batch.as_slice(), one(f1).as_slice(), one(f2).as_slice()].concat(),
     );
     assert_eq!(shares.fd_budget().used(), 1);
-    let fh = g.open_fh(f3).unwrap();
+    let fh = g.open(f3, libc::O_RDONLY).unwrap();
     let _f4 = g.lookup(root, "f4").unwrap();
     assert_eq!(g.lookup(root, "f5"), Err(libc::ENFILE));
     let r = ReleaseIn {

@@ -33,20 +33,6 @@ impl Guest {
             .ok_or(libc::EIO)
     }
 
-    fn open(&mut self, node: u64, flags: i32) -> Result<u64, i32> {
-        let o = OpenIn {
-            flags: flags as u32,
-            fuse_flags: 0,
-        };
-        let (out, p) = self.call(Opcode::Open as u32, node, o.as_slice());
-        if out.error != 0 {
-            return Err(-out.error);
-        }
-        Ok(OpenOut::from_slice(&p[..std::mem::size_of::<OpenOut>()])
-            .map(|o| o.fh)
-            .unwrap_or_default())
-    }
-
     fn release(&mut self, node: u64, fh: u64) {
         let r = ReleaseIn {
             fh,
