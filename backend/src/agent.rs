@@ -30,6 +30,17 @@ pub fn agent_binary<'a>(command: &str, sdk: Option<&'a Path>) -> Result<Option<&
         .ok_or_else(|| BackendError::SdkNotInstalled(command.to_string()))
 }
 
+/// The agent binary in an SDK folder (`<sdkSubpath>/<version>`), which
+/// installSdk requires to exist and be executable.
+pub fn sdk_binary(dir: &Path) -> Result<std::path::PathBuf> {
+    let bin = dir.join(AGENT_NAME);
+    if crate::paths::is_executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(BackendError::SdkMissing(bin))
+    }
+}
+
 /// Puts `dir` first on `PATH` in `env` (the inherited environment), so a
 /// process that looks itself up by name (`claude` running `claude`) finds
 /// the installed SDK.

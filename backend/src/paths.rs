@@ -85,6 +85,12 @@ pub fn resolve_host_path(home: &Path, p: &str) -> Result<PathBuf> {
     join_within(home, p).ok_or_else(|| bad("'..' climbs out of the home directory"))
 }
 
+/// A regular file someone may execute.
+pub fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Checks a mount source: not `/`, `/proc`, `/dev`, `/sys` or under them,
 /// inside `home` once symlinks are resolved, and reached through no
 /// symlink inside `home` (a session with a writable folder could have made

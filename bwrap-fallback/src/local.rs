@@ -17,7 +17,6 @@ use cowork_backend::session_data::{validate_name, SessionStore};
 use cowork_backend::{BackendError, Event, EventBus, NetworkStatus, Result};
 use nix::sys::signal::Signal;
 
-use crate::bwrap::probe::is_executable;
 use crate::bwrap::BwrapSetup;
 use crate::process::ProcessTable;
 
@@ -388,10 +387,7 @@ impl Backend for LocalBackend {
     async fn install_sdk(&self, sdk_subpath: &str, version: &str) -> Result<()> {
         validate_name("version", version)?;
         let dir = resolve_host_path(&self.dirs.home, sdk_subpath)?;
-        let bin = dir.join(version).join("claude");
-        if !is_executable(&bin) {
-            return Err(BackendError::SdkMissing(bin));
-        }
+        let bin = cowork_backend::agent::sdk_binary(&dir.join(version))?;
         tracing::info!(sdk = %bin.display(), "SDK installed");
         self.lock().sdk = Some(bin);
         Ok(())

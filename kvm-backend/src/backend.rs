@@ -259,10 +259,7 @@ impl Backend for KvmBackend {
         use cowork_backend::paths::{resolve_host_path, validate_mount_source};
         cowork_backend::session_data::validate_name("version", version)?;
         let dir = resolve_host_path(&self.cfg.home, sub)?.join(version);
-        let bin = dir.join("claude");
-        if !is_executable(&bin) {
-            return Err(BackendError::SdkMissing(bin));
-        }
+        let bin = cowork_backend::agent::sdk_binary(&dir)?;
         let canon = validate_mount_source(&self.cfg.home, &dir)?;
         self.lock().sdk = Some(canon.clone());
         // Exported now if the VM runs, else at the next start.
@@ -312,12 +309,6 @@ impl Backend for KvmBackend {
         // Our agent makes no requests of the app (yet).
         Err(BackendError::NoPendingRequest(id.into()))
     }
-}
-
-fn is_executable(bin: &Path) -> bool {
-    std::fs::metadata(bin).is_ok_and(|m| {
-        m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-    })
 }
 
 #[cfg(test)]
