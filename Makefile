@@ -14,6 +14,8 @@ PROFILE ?= standard,minimal
 IMAGE_DIR ?=
 # The guest agent, statically linked (glibc crt-static; no musl toolchain needed).
 AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
+# The bwrap sandbox's pid 1, statically linked the same way, beside the helper.
+INIT := target/release/cowork-microvm-sandbox-init
 
 BENCH_FLAGS ?= --quick
 
@@ -25,8 +27,10 @@ help: ## this list
 build: ## debug build of every crate
 	$(CARGO) build --workspace
 
-release: ## optimized helper binary at target/release/cowork-microvm
+release: ## optimized helper binary at target/release/cowork-microvm, and its static sandbox init beside it
 	$(CARGO) build --release
+	# Relinked static (glibc crt-static) in place: it starts on every sandboxed spawn.
+	$(CARGO) rustc --release -p cowork-microvm --bin cowork-microvm-sandbox-init -- -C target-feature=+crt-static
 
 agent: ## the static guest agent ($(AGENT))
 	$(CARGO) rustc --release -p cowork-guest --bin cowork-guest --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static
@@ -65,7 +69,8 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; crashes go 
 
 install: release agent ## install the helper and the guest agent to $(PREFIX)/bin
 	install -D -m 0755 target/release/cowork-microvm $(DESTDIR)$(PREFIX)/bin/cowork-microvm
+	install -D -m 0755 $(INIT) $(DESTDIR)$(PREFIX)/bin/cowork-microvm-sandbox-init
 	install -D -m 0755 $(AGENT) $(DESTDIR)$(PREFIX)/bin/cowork-guest
 
-deb: release agent ## target/deb/cowork-microvm_<version>_amd64.deb: helper, static agent, prebuilt guest kernel (from the kernel cache), docs
-	packaging/build-deb.sh target/release/cowork-microvm $(AGENT) target/deb
+deb: release agent ## target/deb/cowork-microvm_<version>_amd64.deb: helper, static sandbox init, static agent, prebuilt guest kernel (from the kernel cache), docs
+	packaging/build-deb.sh target/release/cowork-microvm $(AGENT) target/deb $(INIT)

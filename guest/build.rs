@@ -21,6 +21,7 @@ fn main() {
                     "--pid",
                     "--uts",
                     "--ipc",
+                    "--net",
                     "--fork",
                     "--propagation",
                     "private",

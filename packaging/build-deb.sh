@@ -3,7 +3,7 @@
 # built: the helper, the static guest agent, and the guest kernel (from the
 # kernel cache; rootfs/build-kernel.sh builds it when not cached, ~6 min).
 #
-#   packaging/build-deb.sh HELPER AGENT OUT_DIR
+#   packaging/build-deb.sh HELPER AGENT OUT_DIR INIT
 #
 # Plain dpkg-deb with a hand-written control file: no debhelper or
 # cargo-deb to install, and the layout below is all there is.
@@ -11,16 +11,20 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 tree=$(dirname "$here")
-helper=${1:?usage: build-deb.sh HELPER AGENT OUT_DIR}
-agent=${2:?usage: build-deb.sh HELPER AGENT OUT_DIR}
-out=${3:?usage: build-deb.sh HELPER AGENT OUT_DIR}
+helper=${1:?usage: build-deb.sh HELPER AGENT OUT_DIR INIT}
+agent=${2:?usage: build-deb.sh HELPER AGENT OUT_DIR INIT}
+out=${3:?usage: build-deb.sh HELPER AGENT OUT_DIR INIT}
+# The bwrap sandbox's pid 1; the helper looks for it in /usr/lib/cowork-microvm.
+init=${4:?usage: build-deb.sh HELPER AGENT OUT_DIR INIT}
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$tree/Cargo.toml" | head -n1)
 [ -n "$version" ] || { echo "build-deb: no version in Cargo.toml" >&2; exit 1; }
-if file -L "$agent" | grep -q 'dynamically linked'; then
-    echo "build-deb: $agent is dynamically linked; build it with make agent" >&2
-    exit 1
-fi
+for static in "$agent" "$init"; do
+    if file -L "$static" | grep -q 'dynamically linked'; then
+        echo "build-deb: $static is dynamically linked; build it with make agent / make release" >&2
+        exit 1
+    fi
+done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/cowork-deb.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -33,8 +37,9 @@ mkdir -p "$root/DEBIAN" "$root/usr/bin" "$lib" "$share" "$doc" "$root/usr/share/
 
 install -m 0755 "$helper" "$root/usr/bin/cowork-microvm"
 install -m 0755 "$agent" "$lib/cowork-guest"
+install -m 0755 "$init" "$lib/sandbox-init"
 strip --strip-unneeded --remove-section=.comment --remove-section=.note \
-    "$root/usr/bin/cowork-microvm" "$lib/cowork-guest"
+    "$root/usr/bin/cowork-microvm" "$lib/cowork-guest" "$lib/sandbox-init"
 
 # The kernel and its description; image build checks the copy against it.
 bash "$tree/rootfs/build-kernel.sh" "$work/kernel"

@@ -58,6 +58,7 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
     let dirs = HostDirs {
         home: settings.home.clone(),
         data: settings.data_dir.clone(),
+        protection: settings.protection,
     };
     let backend: Option<Arc<dyn Backend>> = match (sel.chosen, sel.usable) {
         (Kind::Host, _) => Some(Arc::new(LocalBackend::new(
@@ -73,6 +74,7 @@ pub fn build(settings: &Settings, sel: &Selection, log: LogControl) -> Helper {
                 images: crate::config::image_dir(&settings.home),
                 data: settings.data_dir.join("vm"),
                 home: settings.home.clone(),
+                protection: settings.protection,
                 machine: cowork_kvm_backend::Machine::Vm {
                     seccomp: crate::config::vm_seccomp(),
                 },

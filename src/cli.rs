@@ -227,15 +227,24 @@ pub struct BenchArgs {
     /// the same guest under QEMU with Debian's virtiofsd, for reference.
     #[arg(long, default_value = "host")]
     pub backend: String,
-    /// Spawn/exit round trips per backend (after warm-up).
-    #[arg(long, default_value_t = 200)]
-    pub iterations: usize,
-    /// MiB of output per throughput run.
-    #[arg(long, default_value_t = 256)]
-    pub output_mib: usize,
+    /// Spawn/exit round trips per backend (after warm-up) [default: 30
+    /// with --quick, else 200].
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<usize>,
+    /// MiB of output per throughput run [default: 16 with --quick, else
+    /// 256].
+    #[arg(long, value_name = "MIB")]
+    pub output_mib: Option<usize>,
     /// A short profile for CI.
     #[arg(long)]
     pub quick: bool,
+    /// Files in the shared-folder untar [default: 1000 with --quick, else 5000].
+    #[arg(long, value_name = "N")]
+    pub files: Option<usize>,
+    /// MiB of the shared-folder big-file write and read [default: 64 with
+    /// --quick, else 1024].
+    #[arg(long, value_name = "MIB")]
+    pub big_mib: Option<usize>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

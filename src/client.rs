@@ -16,7 +16,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
-use crate::protocol::read_frame;
+use crate::protocol::{read_frame, read_frame_into};
 
 /// The app gives up on a request after 30 s; so do we.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -177,6 +177,8 @@ impl ClientEvent {
 pub struct EventStream {
     rd: OwnedReadHalf,
     _wr: OwnedWriteHalf,
+    /// The last frame's body, its room kept for the next one.
+    buf: Vec<u8>,
 }
 
 impl EventStream {
@@ -194,15 +196,21 @@ impl EventStream {
         let ack: Value =
             serde_json::from_slice(&ack).map_err(|e| ClientError::Protocol(e.to_string()))?;
         into_result(ack)?;
-        Ok(EventStream { rd, _wr: wr })
+        Ok(EventStream {
+            rd,
+            _wr: wr,
+            buf: Vec::new(),
+        })
     }
 
     pub async fn next(&mut self) -> Result<ClientEvent, ClientError> {
-        let body = read_frame(&mut self.rd)
+        let more = read_frame_into(&mut self.rd, &mut self.buf)
             .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-            .ok_or(ClientError::Closed)?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if !more {
+            return Err(ClientError::Closed);
+        }
+        serde_json::from_slice(&self.buf).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 }
 

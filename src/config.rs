@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use cowork_backend::protected::Protection;
 use serde::Deserialize;
 
 pub const CONFIG_ENV: &str = "COWORK_MICROVM_CONFIG";
@@ -42,6 +43,9 @@ pub struct FileConfig {
     /// "kvm", "bwrap" or "host".
     pub backend: Option<String>,
     pub data_dir: Option<PathBuf>,
+    /// `false` lets sessions write the protected paths of their read-write
+    /// folders (`cowork_backend::protected`); on by default.
+    pub protected_paths: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,8 @@ pub struct Settings {
     pub config_path: PathBuf,
     /// The configured backend and where it came from, if any.
     pub backend: Option<(String, &'static str)>,
+    /// Whether the protected paths of read-write folders stay read-only.
+    pub protection: Protection,
     /// Problems found while reading the settings, for the log and doctor.
     pub problems: Vec<String>,
 }
@@ -151,11 +157,19 @@ impl Settings {
                     .filter(|v| !v.is_empty())
                     .map(|v| (v, COMMUNITY_BACKEND_ENV))
             });
+        let protection = match file.protected_paths {
+            Some(false) => {
+                tracing::warn!("protectedPaths is false: sessions may rewrite git hooks, shell start-up files and the like in their read-write folders");
+                Protection::Off
+            }
+            _ => Protection::On,
+        };
         Settings {
             home,
             data_dir,
             config_path,
             backend,
+            protection,
             problems,
         }
     }

@@ -12,6 +12,7 @@ use crate::cli::RunArgs;
 use crate::client::{Client, EventStream};
 use crate::config::Settings;
 use crate::logging::LogControl;
+use crate::select::Selection;
 
 const PROCESS_ID: &str = "run-1";
 
@@ -91,20 +92,39 @@ fn mounts(args: &RunArgs, home: &Path) -> Result<Vec<MountArg>> {
 }
 
 pub fn main(args: RunArgs) -> Result<i32> {
+    // An in-process helper gives up what `serve` gives up, before anything
+    // of ours is open and before the runtime's threads exist (they, and
+    // every session process, inherit no-new-privileges from this thread).
+    if args.socket.is_none() {
+        crate::privileges::close_inherited_descriptors();
+    }
+    // Before the backend is chosen: its warnings (no isolation on host, a
+    // bad config file) go to the terminal.
     crate::logging::init_terminal();
+    let settings = Settings::load();
+    let own = args
+        .socket
+        .is_none()
+        .then(|| crate::app::choose(&settings, args.backend.as_deref()));
+    if let Some(sel) = &own {
+        let bwrap = cowork_bwrap_fallback::bwrap::probe::find_on_path("bwrap");
+        let privs = crate::privileges::forbid_new_privileges(sel.chosen, bwrap.as_deref());
+        tracing::debug!("privilege gain through exec: {privs}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let code = rt.block_on(run(args));
+    let code = rt.block_on(run(args, settings, own));
     // The stdin reader may be parked in a blocking read; do not wait for it.
     rt.shutdown_background();
     code
 }
 
-async fn run(args: RunArgs) -> Result<i32> {
-    let settings = Settings::load();
+/// `own`: the backend chosen for an in-process helper (none with
+/// `--socket`, which talks to a running one).
+async fn run(args: RunArgs, settings: Settings, own: Option<Selection>) -> Result<i32> {
     let mounts = mounts(&args, &settings.home)?;
     // Checked before any helper starts, so a typo fails at once.
     let sdk = args
@@ -115,10 +135,10 @@ async fn run(args: RunArgs) -> Result<i32> {
     let env = env_block(&args.env)?;
     // In-process helper on a private socket, unless told to use a running one.
     let mut private_dir = None;
-    let socket = match &args.socket {
-        Some(s) => s.clone(),
-        None => {
-            let sel = crate::app::choose(&settings, args.backend.as_deref());
+    let socket = match (&args.socket, own) {
+        (Some(s), _) => s.clone(),
+        (None, None) => bail!("no helper to talk to"),
+        (None, Some(sel)) => {
             let helper = crate::app::build(&settings, &sel, LogControl::default());
             let dir = tempdir_private()?;
             let path = dir.join("helper.sock");

@@ -265,6 +265,44 @@ fn signals_exit_codes_stdin_and_token_in_the_sandbox() {
     assert!(!h.log_text().contains("SECRET"));
 }
 
+/// The sandbox's pid 1 is the small init built beside the helper (not the
+/// helper re-run), and the command it starts has no signal blocked (the
+/// init blocks the ones it forwards, and must not pass that mask on).
+#[test]
+#[cfg_attr(
+    not(has_bwrap),
+    ignore = "bubblewrap is not installed or cannot create namespaces here"
+)]
+fn the_small_init_is_pid_1_and_unblocks_signals_for_the_command() {
+    if !bwrap_usable("the_small_init_is_pid_1_and_unblocks_signals_for_the_command") {
+        return;
+    }
+    // cargo builds the package's binaries for its integration tests.
+    let init = std::path::Path::new(env!("CARGO_BIN_EXE_cowork-microvm-sandbox-init"));
+    assert!(init.is_file());
+    let h = bwrap_helper();
+    let mut ev = h.subscribe();
+    let p = h.started();
+    p.ok(
+        "spawn",
+        spawn_params("i", "s1", "/bin/readlink", &["/proc/1/exe"]),
+    );
+    let o = ev.until_exit("i");
+    assert_eq!(o.stdout, "/run/cowork/sandbox-init\n", "{o:?}");
+    // Not through sh, which may reset the mask itself.
+    p.ok(
+        "spawn",
+        spawn_params("m", "s1", "/bin/grep", &["^SigBlk", "/proc/self/status"]),
+    );
+    let o = ev.until_exit("m");
+    assert_eq!(o.stdout, "SigBlk:\t0000000000000000\n", "{o:?}");
+    assert!(
+        h.log_text().contains("bwrap: sandbox init"),
+        "{}",
+        h.log_text()
+    );
+}
+
 /// The helper's environment (the desktop app's: API keys, tokens) stays
 /// out of the sandbox; the spawn's own `env` gets in.
 #[test]

@@ -69,6 +69,36 @@ fn run_defaults_to_the_current_directory_and_reports_signals() {
     );
 }
 
+/// `run`'s in-process helper closes what it inherited, as `serve` does: a
+/// descriptor a launcher left open does not reach the session.
+#[test]
+fn run_does_not_pass_inherited_descriptors_on() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (t, home) = tmp_home();
+    let (keep, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+    let raw = keep.as_raw_fd();
+    let mut cmd = command(t.path());
+    // SAFETY: dup2 in the child before exec, to a fixed number and without
+    // close-on-exec, as a careless launcher would leave it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, 42) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd
+        .current_dir(&home)
+        .args(["run", "--", "ls", "/proc/self/fd"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let fds = String::from_utf8_lossy(&out.stdout);
+    assert!(!fds.lines().any(|l| l == "42"), "inherited: {fds}");
+}
+
 #[test]
 fn run_refuses_bad_mount_specs_clearly() {
     let (t, home) = tmp_home();

@@ -96,6 +96,18 @@ fn the_deb_installs_builds_an_image_and_purges_clean() {
         "{fields}"
     );
     assert!(fields.contains("Recommends: bubblewrap"), "{fields}");
+    // lintian clean: no error or warning beyond the package's own
+    // overrides (packaging/deb/lintian-overrides, each with its reason).
+    let lintian = Path::new("/usr/bin/lintian").exists();
+    if require(
+        lintian,
+        test,
+        "lintian is not installed (apt-get install lintian)",
+    ) {
+        run(Command::new("lintian")
+            .args(["--fail-on", "error,warning"])
+            .arg(&deb));
+    }
 
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");

@@ -169,6 +169,21 @@ impl EventBus {
             subs.retained.record(event, &frame);
             subs.list.clone()
         };
+        self.deliver(targets, frame).await;
+    }
+
+    /// Sends an event framed by the caller (process output, from
+    /// [`crate::wire::encode_output_frame`]) as [`publish`](Self::publish)
+    /// does. Output is not state: nothing is retained.
+    pub async fn publish_output(&self, frame: Bytes) {
+        let targets = {
+            let subs = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            subs.list.clone()
+        };
+        self.deliver(targets, frame).await;
+    }
+
+    async fn deliver(&self, targets: Vec<(u64, mpsc::Sender<Bytes>)>, frame: Bytes) {
         // Serve every subscriber with room first, so a slow one delays only
         // itself for this event.
         let mut full = Vec::new();

@@ -10,6 +10,8 @@ pub mod bus;
 pub mod error;
 pub mod event;
 pub mod paths;
+pub mod protected;
+pub mod resolve;
 pub mod session_data;
 pub mod signal;
 pub mod spawn_env;

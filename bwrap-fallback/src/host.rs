@@ -75,5 +75,6 @@ pub fn launch(
         signals: SignalRoute::Group,
         exit_record: None,
         guard: None,
+        pass_fds: Vec::new(),
     })
 }

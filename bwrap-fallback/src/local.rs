@@ -10,9 +10,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use cowork_backend::api::*;
-use cowork_backend::paths::{
-    canonicalize_lenient, resolve_host_path, validate_mount_source, HostMount, SessionPaths,
-};
+use cowork_backend::paths::{canonicalize_lenient, resolve_host_path, HostMount, SessionPaths};
+use cowork_backend::resolve::open_mount_source;
 use cowork_backend::session_data::{validate_name, SessionStore};
 use cowork_backend::{BackendError, Event, EventBus, NetworkStatus, Result};
 use nix::sys::signal::Signal;
@@ -30,6 +29,8 @@ pub struct HostDirs {
     pub home: PathBuf,
     /// The helper's data directory (`$XDG_DATA_HOME/cowork-microvm`).
     pub data: PathBuf,
+    /// Whether the protected paths of read-write mounts stay read-only.
+    pub protection: cowork_backend::protected::Protection,
 }
 
 #[derive(Default)]
@@ -46,6 +47,7 @@ struct State {
 }
 
 /// What stands between a session and the machine.
+#[derive(Clone)]
 pub enum Isolation {
     Host,
     Bwrap(BwrapSetup),
@@ -95,11 +97,10 @@ impl LocalBackend {
         validate_name("mount name", name)?;
         let source = resolve_host_path(&self.dirs.home, path)?;
         repair_self_symlink(&source);
-        let canon = validate_mount_source(&self.dirs.home, &source)?;
-        if !canon.exists() {
-            std::fs::create_dir_all(&canon)
-                .map_err(|e| BackendError::io(format!("cannot create {}", canon.display()), e))?;
-        }
+        // Checked, created when missing and opened with no symlink on the
+        // way; a launch opens it the same way again (bwrap/binds.rs), so a
+        // link planted in between is refused there too.
+        let (canon, _fd) = open_mount_source(&self.dirs.home, &source, true)?;
         Ok(canon)
     }
 
@@ -307,11 +308,6 @@ impl Backend for LocalBackend {
         }
         let (mounts, failed_mounts) = self.merge_mounts(&req.name, &req.additional_mounts);
         let dir = self.store().ensure(&req.name)?;
-        let sp = SessionPaths {
-            name: &req.name,
-            dir: &dir,
-            mounts: &mounts,
-        };
         let (token, sdk) = {
             let st = self.lock();
             (
@@ -324,19 +320,32 @@ impl Backend for LocalBackend {
         // anyway, and behaves like a command from the user's shell. The
         // bwrap launch keeps only a short list of it (bwrap/env.rs).
         let base: Vec<(String, String)> = std::env::vars().collect();
-        let launch = match &self.isolation {
-            Isolation::Host => {
-                crate::host::launch(&sp, &req, base, token.as_deref(), sdk.as_deref())?
-            }
-            Isolation::Bwrap(setup) => setup.launch(
-                &sp,
-                &req,
-                &self.dirs.home,
-                base,
-                token.as_deref(),
-                sdk.as_deref(),
-            )?,
-        };
+        // Building a launch reads the disk (the shares' protected paths, up
+        // to 50,000 entries each; the user's config): off the async
+        // threads, so other sessions' output keeps flowing meanwhile.
+        let (isolation, dirs) = (self.isolation.clone(), self.dirs.clone());
+        let (launch, req) = tokio::task::spawn_blocking(move || {
+            let sp = SessionPaths {
+                name: &req.name,
+                dir: &dir,
+                mounts: &mounts,
+            };
+            let launch = match &isolation {
+                Isolation::Host => {
+                    crate::host::launch(&sp, &req, base, token.as_deref(), sdk.as_deref())
+                }
+                Isolation::Bwrap(setup) => {
+                    setup.launch(&sp, &req, &dirs, base, token.as_deref(), sdk.as_deref())
+                }
+            };
+            launch.map(|l| (l, req))
+        })
+        .await
+        .map_err(|e| BackendError::invalid("spawn", format!("preparing the launch: {e}")))??;
+        // stopVM may have run while the launch was built.
+        if !self.is_running() {
+            return Err(BackendError::NotRunning);
+        }
         tracing::info!(process = %req.id, session = %req.name, backend = self.name(), command = %req.command, "spawn");
         self.procs.spawn(launch)?;
         Ok(SpawnResult { failed_mounts })

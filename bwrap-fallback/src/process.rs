@@ -3,7 +3,9 @@
 //! stderr flow to the event bus as text, in order, followed by exactly one
 //! `exit` event once all output has been published.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use cowork_backend::signal::signal_name;
 use cowork_backend::utf8::Utf8Stream;
+use cowork_backend::wire::{encode_output_frame, OutputKind};
 use cowork_backend::{BackendError, Event, EventBus, ProcessStatus, Result};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -23,8 +26,16 @@ use tokio::sync::{mpsc, Notify};
 pub const MAX_PROCESSES: usize = 512;
 /// Exit statuses remembered for `isProcessRunning` after a process ends.
 const FINISHED_KEPT: usize = 4096;
-/// Read size for output pipes (a pipe holds 64 KiB by default).
+/// Read size for stderr (a pipe holds 64 KiB by default).
 const CHUNK: usize = 64 * 1024;
+/// stdout carries the conversation and bulk output: its pipe is grown to
+/// this (the unprivileged limit, fs.pipe-max-size, is 1 MiB by default)
+/// and read in [`STDOUT_CHUNK`]s, so a fast writer costs a quarter of the
+/// reads and events. A read returns what is there: a line written alone
+/// still goes out at once. The buffer's pages are touched only as far as
+/// output fills them.
+const STDOUT_PIPE: i32 = 1 << 20;
+const STDOUT_CHUNK: usize = 256 * 1024;
 /// Once the process has exited, output still flowing is read to the end;
 /// a pipe kept open but idle this long by a grandchild is abandoned.
 const IDLE_AFTER_EXIT: Duration = Duration::from_millis(500);
@@ -47,6 +58,10 @@ pub struct Launch {
     pub exit_record: Option<PathBuf>,
     /// Kept alive while the process runs (e.g. its egress listener).
     pub guard: Option<Box<dyn std::any::Any + Send>>,
+    /// Descriptors the program inherits, at the same numbers (bwrap's
+    /// `--bind-fd`). Every other descriptor of the helper is close-on-exec;
+    /// these are closed in the helper once the program has started.
+    pub pass_fds: Vec<OwnedFd>,
 }
 
 /// How `kill` reaches the process.
@@ -196,6 +211,26 @@ impl ProcessTable {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
+        if !launch.pass_fds.is_empty() {
+            let fds: Vec<RawFd> = launch.pass_fds.iter().map(AsRawFd::as_raw_fd).collect();
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls fcntl, which is async-signal-safe; it allocates
+            // nothing (`fds` was built before the fork). The descriptors
+            // are open: `launch.pass_fds` owns them until after the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for &fd in &fds {
+                        // Clear FD_CLOEXEC on exactly these: the child keeps
+                        // them across exec, the helper's copies stay
+                        // close-on-exec for every other child.
+                        if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         // Hold the table lock across the fork so a duplicate id racing this
         // one cannot start a second process.
         let mut table = self.lock();
@@ -208,6 +243,14 @@ impl ProcessTable {
         let mut child = cmd.spawn().map_err(|e| {
             BackendError::io(format!("cannot start {}", launch.program.display()), e)
         })?;
+        // The child has its copies now.
+        drop(launch.pass_fds);
+        if let Some(out) = &child.stdout {
+            // Best effort: a smaller pipe only means more reads.
+            // SAFETY: fcntl on a descriptor `out` owns, for the duration.
+            let _ =
+                unsafe { nix::libc::fcntl(out.as_raw_fd(), nix::libc::F_SETPIPE_SZ, STDOUT_PIPE) };
+        }
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         if let Some(stdin) = child.stdin.take() {
@@ -437,28 +480,41 @@ async fn pump(
     activity: &Activity,
 ) {
     let Some(mut pipe) = pipe else { return };
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![
+        0u8;
+        match which {
+            Stream::Stdout => STDOUT_CHUNK,
+            Stream::Stderr => CHUNK,
+        }
+    ];
     let mut text = Utf8Stream::default();
+    let mut scratch = Vec::new();
+    let kind = match which {
+        Stream::Stdout => OutputKind::Stdout,
+        Stream::Stderr => OutputKind::Stderr,
+    };
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => 0,
             Ok(n) => n,
         };
         let data = if n == 0 {
-            text.finish()
+            Cow::Owned(text.finish())
         } else {
             activity.bytes.fetch_add(n as u64, Ordering::Relaxed);
-            text.push(&buf[..n])
+            text.decode(&buf[..n])
         };
         if !data.is_empty() {
-            let id = id.to_string();
-            let ev = match which {
-                Stream::Stdout => Event::Stdout { id, data },
-                Stream::Stderr => Event::Stderr { id, data },
-            };
-            let busy = PublishGuard::new(&activity.publishing);
-            bus.publish(&ev).await;
-            drop(busy);
+            // Framed straight from the read buffer: no copy of the text.
+            match encode_output_frame(kind, id, &data, &mut scratch) {
+                Ok(frame) => {
+                    let busy = PublishGuard::new(&activity.publishing);
+                    bus.publish_output(frame).await;
+                    drop(busy);
+                }
+                // Cannot happen: a read is far below the frame limit.
+                Err(e) => tracing::warn!(process = %id, "output dropped: {e}"),
+            }
         }
         if n == 0 {
             return;

@@ -5,8 +5,11 @@
 //! sandboxes (bwrap and kvm), so it lives in a crate of its own.
 
 pub mod address;
+pub mod conversations;
 pub mod denials;
 pub mod dial;
+pub mod idle;
+pub mod limits;
 pub mod listener;
 pub mod policy;
 pub mod probe;

@@ -1,20 +1,39 @@
 //! Which hosts a session may reach: `allowedDomains` of its spawn. Exact
 //! names and `*.example.com` wildcards (which match subdomains, not the bare
-//! domain); no list means no egress at all. Which addresses an allowed
-//! host may be reached at depends on how it was allowed ([`Reach`]).
+//! domain), each optionally with a `:port`; no list means no egress at all.
+//! Which addresses an allowed host may be reached at depends on how it was
+//! allowed ([`Reach`]); which ports a tunnel may go to, on the ports the
+//! list names ([`Policy::tunnel_port_allowed`]).
 
 use std::net::IpAddr;
 
+use crate::conversations::Conversations;
 use crate::denials::{DenialLog, FirstTime};
+
+/// Ports every allowed host may be tunnelled to (CONNECT): https and http.
+/// Any other port must be named in an entry (`host:8443`), so an allowed
+/// API host is not also a way to its SSH or SMTP port.
+pub const TUNNEL_PORTS: [u16; 2] = [443, 80];
+
+/// One `allowedDomains` entry: a host name (or the domain of a wildcard)
+/// and the extra port it names, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    name: String,
+    port: Option<u16>,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
-    exact: Vec<String>,
-    suffixes: Vec<String>,
+    exact: Vec<Entry>,
+    suffixes: Vec<Entry>,
     /// Set only for the helper's own API probe, whose URL comes from the
     /// app: it may be an address on this machine.
     trusted: bool,
     denials: DenialLog,
+    /// The session's open conversations, shared by every clone (each
+    /// connection of the session serves with a clone).
+    conversations: Conversations,
 }
 
 /// Where an allowed host may be connected to.
@@ -38,14 +57,44 @@ pub fn normalize_host(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// Splits an entry into its host part and the port it names: `host:port`
+/// and `[v6]:port` name one; a bare IPv6 literal (several colons) names
+/// none. `Err` for a port that is not a number in 1..=65535.
+fn split_entry(entry: &str) -> Result<(&str, Option<u16>), ()> {
+    let (host, port) = if entry.starts_with('[') {
+        match entry.rsplit_once("]:") {
+            Some((h, p)) => (h, Some(p)),
+            None => (entry, None),
+        }
+    } else {
+        match entry.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            _ => (entry, None),
+        }
+    };
+    match port {
+        None => Ok((host, None)),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => Ok((host, Some(n))),
+            _ => Err(()),
+        },
+    }
+}
+
 impl Policy {
     /// Builds a policy; entries that are not host names or `*.` wildcards
-    /// are returned as rejected rather than silently widening anything.
+    /// (each with an optional `:port`) are returned as rejected rather than
+    /// silently widening anything.
     pub fn new(domains: &[String]) -> (Policy, Vec<String>) {
         let mut p = Policy::default();
         let mut rejected = Vec::new();
         for d in domains {
-            let d = normalize_host(d);
+            let raw = d.trim().to_ascii_lowercase();
+            let Ok((host, port)) = split_entry(&raw) else {
+                rejected.push(normalize_host(&raw));
+                continue;
+            };
+            let d = normalize_host(host);
             let (target, name) = match d.strip_prefix("*.") {
                 Some(rest) => (&mut p.suffixes, rest.to_string()),
                 None => (&mut p.exact, d.clone()),
@@ -57,7 +106,7 @@ impl Policy {
                     .all(|b| b.is_ascii_alphanumeric() || b"-.:_".contains(&b))
                 && !name.starts_with('.');
             if valid {
-                target.push(name);
+                target.push(Entry { name, port });
             } else {
                 rejected.push(d);
             }
@@ -73,7 +122,10 @@ impl Policy {
     /// own probe of the app's API URL, never for a session.
     pub fn trusted(host: &str) -> Policy {
         Policy {
-            exact: vec![normalize_host(host)],
+            exact: vec![Entry {
+                name: normalize_host(host),
+                port: None,
+            }],
             trusted: true,
             ..Policy::default()
         }
@@ -84,22 +136,53 @@ impl Policy {
     pub fn check(&self, host: &str) -> Option<Reach> {
         let h = normalize_host(host);
         let literal = h.parse::<IpAddr>().is_ok();
-        if self.exact.contains(&h) {
+        if self.exact.iter().any(|e| e.name == h) {
             return Some(if self.trusted || !literal {
                 Reach::Any
             } else {
                 Reach::PublicOnly
             });
         }
+        let wildcard = self.wildcard_entries(&h).next().is_some();
+        wildcard.then_some(Reach::PublicOnly)
+    }
+
+    /// The wildcard entries matching normalized `h`.
+    fn wildcard_entries<'a>(&'a self, h: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
         // A wildcard names a DNS domain: `*.0.0.1` must not match the
         // address 10.0.0.1.
-        let wildcard = !literal
-            && self.suffixes.iter().any(|s| {
-                h.len() > s.len() + 1
-                    && h.ends_with(s.as_str())
-                    && h.as_bytes()[h.len() - s.len() - 1] == b'.'
-            });
-        wildcard.then_some(Reach::PublicOnly)
+        let literal = h.parse::<IpAddr>().is_ok();
+        self.suffixes.iter().filter(move |s| {
+            let s = s.name.as_str();
+            !literal
+                && h.len() > s.len() + 1
+                && h.ends_with(s)
+                && h.as_bytes()[h.len() - s.len() - 1] == b'.'
+        })
+    }
+
+    /// Whether a tunnel (CONNECT) to an allowed `host` may go to `port`:
+    /// [`TUNNEL_PORTS`], or a port an entry matching the host names. Plain
+    /// http forwarding is not limited by port: the proxy itself speaks
+    /// HTTP to the upstream, so a non-HTTP service there only ever sees
+    /// one HTTP request.
+    pub fn tunnel_port_allowed(&self, host: &str, port: u16) -> bool {
+        if self.trusted || TUNNEL_PORTS.contains(&port) {
+            return true;
+        }
+        let h = normalize_host(host);
+        let named = self
+            .exact
+            .iter()
+            .filter(|e| e.name == h)
+            .chain(self.wildcard_entries(&h))
+            .any(|e| e.port == Some(port));
+        named
+    }
+
+    /// This session's count of open conversations.
+    pub fn conversations(&self) -> &Conversations {
+        &self.conversations
     }
 
     pub fn allows(&self, host: &str) -> bool {
@@ -156,6 +239,49 @@ mod tests {
         assert!(!Policy::deny_all().allows("localhost"));
         let (_, rejected) = Policy::new(&["*".into(), "a b".into(), "*.".into(), "ok.com".into()]);
         assert_eq!(rejected, ["*", "a b", "*"], "reported as normalized");
+    }
+
+    #[test]
+    fn entries_may_name_a_port() {
+        let pol = p(&[
+            "api.anthropic.com",
+            "git.example.test:22",
+            "*.svc.test:8443",
+            "[::1]:9000",
+            "::ffff:10.0.0.1",
+        ]);
+        assert!(
+            pol.allows("git.example.test"),
+            "the host, whatever its port"
+        );
+        assert!(pol.allows("a.svc.test") && pol.allows("::1"));
+        assert!(
+            pol.allows("::ffff:10.0.0.1"),
+            "a bare IPv6 literal names no port"
+        );
+        for (host, port) in [
+            ("api.anthropic.com", 443),
+            ("api.anthropic.com", 80),
+            ("git.example.test", 22),
+            ("git.example.test", 443),
+            ("a.svc.test", 8443),
+            ("::1", 9000),
+        ] {
+            assert!(pol.tunnel_port_allowed(host, port), "{host}:{port}");
+        }
+        for (host, port) in [
+            ("api.anthropic.com", 22),
+            ("api.anthropic.com", 25),
+            ("git.example.test", 23),
+            ("a.svc.test", 22),
+            ("::1", 22),
+        ] {
+            assert!(!pol.tunnel_port_allowed(host, port), "{host}:{port}");
+        }
+        assert!(Policy::trusted("localhost").tunnel_port_allowed("localhost", 8080));
+        let (_, rejected) =
+            Policy::new(&["a.test:0".into(), "a.test:99999".into(), "a.test:x".into()]);
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
     }
 
     #[test]

@@ -6,15 +6,19 @@
 use std::time::Duration;
 
 use crate::dial::{dial, DialError, Resolver, SystemResolver};
+use crate::idle::{Activity, Stamped};
+use crate::limits::Limits;
 use crate::policy::{normalize_host, Policy};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The request line and headers must fit in this.
 const MAX_HEAD: usize = 32 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Marks a refusal by the policy, for clients and tests to tell it from an
 /// upstream's own 403.
 const REFUSAL_HEADER: &str = "X-Proxy-Error: blocked-by-allowlist";
+/// Marks a refusal because the session has too many connections open.
+const LIMIT_HEADER: &str = "X-Proxy-Error: too-many-connections";
 
 /// What happened to one proxied conversation, for logs and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +40,16 @@ pub enum Outcome {
     Blocked {
         host: String,
     },
+    /// CONNECT to a port of an allowed host that neither
+    /// [`crate::policy::TUNNEL_PORTS`] nor the list names.
+    PortDenied {
+        host: String,
+        port: u16,
+    },
+    /// The session already had its cap of conversations open.
+    TooMany,
+    /// The request head did not arrive within the deadline.
+    HeadTimedOut,
     BadRequest(String),
     UpstreamFailed {
         host: String,
@@ -139,8 +153,13 @@ fn split_absolute(uri: &str) -> Result<(String, u16, String), String> {
 }
 
 async fn respond<S: AsyncWrite + Unpin>(s: &mut S, status: &str, body: &str) {
+    respond_marked(s, status, "", body).await
+}
+
+/// [`respond`] with `extra`, header lines each ending in CRLF.
+async fn respond_marked<S: AsyncWrite + Unpin>(s: &mut S, status: &str, extra: &str, body: &str) {
     let msg = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = s.write_all(msg.as_bytes()).await;
@@ -198,15 +217,43 @@ where
 }
 
 /// [`serve_with`], resolving names with `resolver`.
-pub async fn serve_using<S, F, R>(mut client: S, choose: F, resolver: &R) -> Outcome
+pub async fn serve_using<S, F, R>(client: S, choose: F, resolver: &R) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(Option<&str>) -> Option<std::sync::Arc<Policy>>,
     R: Resolver,
 {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
+    serve_limited(client, choose, resolver, &Limits::default(), None).await
+}
+
+/// [`serve_using`] under `limits`. `unidentified` is the caller's slot for
+/// a connection whose session is not known yet
+/// ([`crate::listener::serve_connections`]): it is given back once the head
+/// is read and the conversation counts against its session instead.
+pub async fn serve_limited<S, F, R>(
+    mut client: S,
+    choose: F,
+    resolver: &R,
+    limits: &Limits,
+    unidentified: Option<OwnedSemaphorePermit>,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Option<&str>) -> Option<std::sync::Arc<Policy>>,
+    R: Resolver,
+{
+    // The deadline is for the whole head, not per read: a client sending
+    // one byte a minute is cut off as surely as one sending nothing.
+    let head = match tokio::time::timeout(limits.head_deadline, read_head(&mut client)).await {
         Ok(h) => h,
-        Err(_) => return Outcome::BadRequest("request head timed out".into()),
+        Err(_) => {
+            let body = format!(
+                "cowork egress proxy: the request head did not arrive within {}s\n",
+                limits.head_deadline.as_secs_f32()
+            );
+            respond(&mut client, "408 Request Timeout", &body).await;
+            return Outcome::HeadTimedOut;
+        }
     };
     let policy = match &head {
         Ok(h) => choose(proxy_password(&h.headers).as_deref()),
@@ -230,6 +277,33 @@ where
         }
     };
     let policy = &*policy;
+    let conversations = policy.conversations();
+    let Some(_slot) = conversations.try_open(limits.per_session) else {
+        if conversations.first_refusal() {
+            tracing::warn!(
+                "egress: a session reached its cap of {} open proxy connections; \
+                 further ones get 429 until some close (logged once per session)",
+                limits.per_session
+            );
+        }
+        let body = format!(
+            "cowork egress proxy: this session already has {} connections open through the proxy; close some and retry\n",
+            limits.per_session
+        );
+        // 429, not 503: the session's own share is used up, the proxy is
+        // not down. The header tells it from an upstream's own 429.
+        respond_marked(
+            &mut client,
+            "429 Too Many Requests",
+            &format!("{LIMIT_HEADER}\r\n"),
+            &body,
+        )
+        .await;
+        return Outcome::TooMany;
+    };
+    // Counted against its session now: the shared pool for connections not
+    // yet identified gets its slot back.
+    drop(unidentified);
     let connect = head
         .as_ref()
         .is_ok_and(|h| h.method.eq_ignore_ascii_case("CONNECT"));
@@ -258,6 +332,18 @@ where
         .await;
         return Outcome::Denied { host };
     };
+    if connect && !policy.tunnel_port_allowed(&host, port) {
+        policy.log_denial(
+            &format!("{host}:{port}"),
+            "is a port a tunnel may not use: only 443 and 80, or one an allowedDomains entry names",
+        );
+        refuse(
+            &mut client,
+            &format!("cowork egress proxy: tunnels to {host} may use ports 443 and 80 only, not {port}, unless the allowed domains name it ({host}:{port})\n"),
+        )
+        .await;
+        return Outcome::PortDenied { host, port };
+    }
     let mut upstream = match dial(&host, port, reach, resolver).await {
         Ok(u) => u,
         Err(DialError::Blocked) => {
@@ -322,10 +408,20 @@ where
         // The response tells the client this connection ends with it, so
         // a keep-alive client does not send its next request (perhaps for
         // another host) down this upstream connection.
-        relay_one_response(client, upstream).await;
+        relay_one_response(client, upstream, limits.idle_timeout).await;
         return Outcome::Forwarded { host, port };
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let activity = Activity::new();
+    let mut c = Stamped::new(&mut client, &activity);
+    let mut u = Stamped::new(&mut upstream, &activity);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+        _ = activity.idle(limits.idle_timeout) => {
+            tracing::debug!("egress: a tunnel idle for {:?}, closed", limits.idle_timeout);
+        }
+    }
+    // Returning drops both streams: the client and the upstream both see
+    // the connection end.
     outcome
 }
 
@@ -356,13 +452,15 @@ fn close_response_head(head: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Relays one forwarded request's body up and its response down (its head
-/// saying `Connection: close`), and ends with the upstream's response.
-async fn relay_one_response<S>(client: S, upstream: tokio::net::TcpStream)
+/// saying `Connection: close`), and ends with the upstream's response, or
+/// once nothing has moved either way for `idle`.
+async fn relay_one_response<S>(client: S, upstream: tokio::net::TcpStream, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = upstream.into_split();
+    let activity = Activity::new();
+    let (mut cr, mut cw) = tokio::io::split(Stamped::new(client, &activity));
+    let (mut ur, mut uw) = tokio::io::split(Stamped::new(upstream, &activity));
     let up = async {
         let _ = tokio::io::copy(&mut cr, &mut uw).await;
         let _ = uw.shutdown().await;
@@ -390,6 +488,9 @@ where
     tokio::select! {
         _ = up => {}
         _ = down => {}
+        _ = activity.idle(idle) => {
+            tracing::debug!("egress: forwarded exchange idle for {idle:?}, closed");
+        }
     }
 }
 
@@ -581,9 +682,10 @@ mod tests {
     /// the host's loopback is refused before any connection.
     #[tokio::test]
     async fn wildcard_names_cannot_reach_internal_addresses() {
-        let (pol, _) = Policy::new(&["*.example.test".into()]);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
+        // The port is named so a tunnel may use it at all.
+        let (pol, _) = Policy::new(&[format!("*.example.test:{port}")]);
         let resolver = loopback_resolver();
         for req in [
             format!("CONNECT inward.example.test:{port} HTTP/1.1\r\n\r\n"),
@@ -640,11 +742,14 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let resolver = loopback_resolver();
         for (entry, authority) in [
-            ("10.0.0.1", "10.0.0.1:80".to_string()),
-            ("::ffff:127.0.0.1", format!("[::ffff:127.0.0.1]:{port}")),
-            ("127.0.0.1", format!("127.0.0.1:{port}")),
+            ("10.0.0.1".to_string(), "10.0.0.1:80".to_string()),
+            (
+                format!("[::ffff:127.0.0.1]:{port}"),
+                format!("[::ffff:127.0.0.1]:{port}"),
+            ),
+            (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
         ] {
-            let (pol, rejected) = Policy::new(&[entry.into()]);
+            let (pol, rejected) = Policy::new(std::slice::from_ref(&entry));
             assert!(rejected.is_empty());
             let (o, reply) = talk_resolving(
                 &pol,
@@ -664,8 +769,8 @@ mod tests {
 
     #[tokio::test]
     async fn tunnels_connect() {
-        let (pol, _) = Policy::new(&["localhost".into()]);
         let (port, seen) = upstream().await;
+        let (pol, _) = Policy::new(&[format!("localhost:{port}")]);
         let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
         let server = tokio::spawn(async move { serve(theirs, &pol).await });
         ours.write_all(format!("CONNECT localhost:{port} HTTP/1.1\r\n\r\n").as_bytes())

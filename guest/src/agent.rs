@@ -42,6 +42,9 @@ pub struct Config {
     /// file system; see [`crate::confine`]): always in the VM, where a
     /// spawn must then name its session. `None` run by hand.
     pub confine: Option<crate::confine::Layout>,
+    /// Each session's network and IPC namespaces and egress listener
+    /// (shared by every connection of the agent); with `confine`.
+    pub namespaces: Option<Arc<crate::session_ns::Registry>>,
     /// The per-boot token from the kernel command line, said in the hello
     /// so the host knows it is the agent; empty run by hand.
     pub token: String,
@@ -137,12 +140,19 @@ impl Procs {
 fn end_session(
     procs: &Procs,
     layout: Option<&crate::confine::Layout>,
+    namespaces: Option<&crate::session_ns::Registry>,
     session: &str,
 ) -> Result<(), String> {
     use crate::session_end::{kill_uid, END_WITHIN};
     cowork_backend::session_data::validate_name("session", session).map_err(|e| e.to_string())?;
     let deadline = std::time::Instant::now() + END_WITHIN;
     procs.kill_session(session, Signal::SIGKILL);
+    // Its namespaces and egress listener go whatever happens below: a
+    // process that survived the kill keeps its namespaces alive itself,
+    // and the session's next process gets new ones.
+    if let Some(ns) = namespaces {
+        ns.end(session);
+    }
     if let Some(l) = layout {
         // No directory, no user: nothing can run as it (uids are never
         // given again, see confine).
@@ -329,8 +339,10 @@ async fn handle(msg: HostMsg, payload: &[u8], out: &Out, procs: &Procs, cfg: &Co
         HostMsg::EndSession { req, session } => {
             let procs = procs.clone();
             let layout = cfg.confine.clone();
+            let namespaces = cfg.namespaces.clone();
             answer_later(out, req, move || {
-                end_session(&procs, layout.as_ref(), &session).map(|()| Answer::Done)
+                end_session(&procs, layout.as_ref(), namespaces.as_deref(), &session)
+                    .map(|()| Answer::Done)
             });
         }
         HostMsg::Ping { req } => send(out, &GuestMsg::Pong { req }, &[]).await,
@@ -525,7 +537,13 @@ fn spawn(
         let Some(name) = session else {
             return Err("a process must belong to a session".into());
         };
-        let plan = crate::confine::Plan::new(layout, name, cwd)?;
+        let mut plan = crate::confine::Plan::new(layout, name, cwd)?;
+        // Confined, never in the agent's network and IPC namespaces: a
+        // session that cannot have its own gets no process.
+        let Some(namespaces) = &cfg.namespaces else {
+            return Err("confined processes need their session's namespaces".into());
+        };
+        plan.namespaces = Some(namespaces.for_session(name)?);
         if !has_home {
             cmd.env("HOME", layout.sessions_root.join(name));
         }

@@ -1,8 +1,9 @@
 //! What a session's process sees in the VM and who it runs as.
 //!
-//! Each session process gets its own mount namespace, built in the child
-//! between fork and exec (as root), then drops to the session's own
-//! unprivileged user:
+//! Each session process enters its session's network and IPC namespaces
+//! (one pair per session, [`crate::session_ns`]), gets its own mount
+//! namespace, built in the child between fork and exec (as root), then
+//! drops to the session's own unprivileged user:
 //!
 //! - `/sessions` (the session disk) is covered by an empty tmpfs with only
 //!   `/sessions/<name>` put back (recursively, with its shares; parked on
@@ -300,6 +301,9 @@ pub struct Plan {
     pub cwd: CString,
     pub uid: u32,
     pub gid: u32,
+    /// The session's network and IPC namespaces, entered first
+    /// ([`crate::session_ns`]); `None` leaves the agent's.
+    pub namespaces: Option<std::sync::Arc<crate::session_ns::SessionNs>>,
 }
 
 fn c(p: impl AsRef<Path>) -> Result<CString, String> {
@@ -432,6 +436,7 @@ impl Plan {
             cwd: c(&cwd)?,
             uid,
             gid,
+            namespaces: None,
         })
     }
 
@@ -447,6 +452,11 @@ impl Plan {
         }
         fn ptr(s: &Option<CString>) -> *const libc::c_char {
             s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+        }
+        // The session's network and IPC namespaces first: entering them
+        // needs the capabilities dropped below.
+        if let Some(ns) = &self.namespaces {
+            ns.enter_in_child()?;
         }
         // SAFETY: every pointer is a NUL-terminated string owned by `self`
         // (or null where the call allows it), alive for the whole call;

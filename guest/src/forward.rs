@@ -1,7 +1,8 @@
-//! The guest's end of egress: a TCP listener on the guest's loopback
-//! ([`crate::wire::EGRESS_LISTEN`]) whose every connection is forwarded to
-//! the host's egress proxy (over vsock in the VM; over a Unix socket when
-//! the agent runs on the host for tests).
+//! The guest's end of egress: a TCP listener on each session's own
+//! loopback ([`crate::wire::EGRESS_LISTEN`], made by
+//! [`crate::session_ns`]) whose every connection is forwarded to the
+//! host's egress proxy (over vsock in the VM; over a Unix socket when the
+//! agent runs on the host for tests).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,25 +34,15 @@ impl HostEnd {
     }
 }
 
-/// Accepts on `listen` for ever, forwarding each connection to `host`.
-/// Never returns: binding is retried until it works, and a failed accept
-/// (EMFILE, ENOMEM: something a session can cause) is logged and retried
-/// after a pause. A forwarder that stopped would leave the port free for a
-/// session to listen on and collect other sessions' proxy credentials
-/// (which is also why the port is a privileged one, see
-/// [`crate::wire::EGRESS_LISTEN`]).
-pub async fn forward(listen: &str, host: HostEnd) -> std::convert::Infallible {
-    let mut backoff = Backoff::default();
-    let listener = loop {
-        match TcpListener::bind(listen).await {
-            Ok(l) => break l,
-            Err(e) => {
-                backoff
-                    .failed(&format!("cannot listen on {listen}"), &e)
-                    .await
-            }
-        }
-    };
+/// Accepts on `listener` for ever, forwarding each connection to `host`.
+/// Never returns (the task serving a session's listener is aborted when
+/// the session ends): a failed accept (EMFILE, ENOMEM: something a
+/// session can cause) is logged and retried after a pause. A forwarder
+/// that stopped would leave the port free for a process to listen on and
+/// collect proxy credentials (which is also why the port is a privileged
+/// one, see [`crate::wire::EGRESS_LISTEN`]). Each session's listener is
+/// in that session's own network namespace ([`crate::session_ns`]).
+pub async fn serve(listener: TcpListener, host: HostEnd) -> std::convert::Infallible {
     let mut backoff = Backoff::default();
     accept_for_ever(
         || listener.accept(),

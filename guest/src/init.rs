@@ -88,7 +88,8 @@ pub fn early_init() -> Vec<String> {
         ("/proc/sys/fs/protected_hardlinks", "1"),
         ("/proc/sys/fs/protected_symlinks", "1"),
         // Nor listen on a privileged port: the egress forwarder's
-        // (`wire::EGRESS_LISTEN`) is one.
+        // (`wire::EGRESS_LISTEN`) is one. (The VM's own namespace; each
+        // session's starts at the kernel's 1024, see session_ns.)
         ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "1024"),
     ] {
         if let Err(e) = std::fs::write(knob, value) {
@@ -121,7 +122,9 @@ pub fn early_init() -> Vec<String> {
 /// its subdirectories.
 pub const FS_ROOT: &str = "/run/cowork-fs";
 
-fn loopback_up() -> Result<(), String> {
+/// Brings `lo` up in the calling thread's network namespace (the VM's at
+/// boot; a session's own in [`crate::session_ns`]).
+pub(crate) fn loopback_up() -> Result<(), String> {
     use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
     let sock = socket(

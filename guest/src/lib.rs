@@ -21,6 +21,8 @@ pub mod safe_path;
 #[cfg(feature = "agent")]
 pub mod session_end;
 #[cfg(feature = "agent")]
+pub mod session_ns;
+#[cfg(feature = "agent")]
 pub mod shares;
 #[cfg(feature = "agent")]
 pub mod stdin_queue;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cowork_guest::agent::{self, Config, End};
-use cowork_guest::forward::{forward, Channel, HostEnd};
-use cowork_guest::{confine, init, wire};
+use cowork_guest::forward::{Channel, HostEnd};
+use cowork_guest::{confine, init, session_ns, wire};
 
 const USAGE: &str =
     "usage: cowork-guest [--unix PATH] [--egress-unix PATH] [--read-file-limit BYTES] [--sessions-root DIR]";
@@ -89,17 +89,29 @@ async fn run_agent(args: Args, in_vm: bool, token: String) {
             std::process::exit(1);
         }
     }
+    // Confined, each session has its own loopback with its own egress
+    // listener (none in the agent's namespace: no session is there).
+    let namespaces = match &confine {
+        Some(_) => match wire::EGRESS_LISTEN.parse() {
+            Ok(listen) => Some(std::sync::Arc::new(session_ns::Registry::new(
+                listen,
+                args.egress.clone(),
+            ))),
+            Err(e) => {
+                eprintln!("cowork-guest: {}: {e}", wire::EGRESS_LISTEN);
+                std::process::exit(1);
+            }
+        },
+        None => None,
+    };
     let cfg = Config {
         read_file_limit: args.read_file_limit,
         in_vm,
         sessions_root,
         confine,
+        namespaces,
         token,
     };
-    if in_vm {
-        let egress = args.egress.clone();
-        tokio::spawn(async move { forward(wire::EGRESS_LISTEN, egress).await });
-    }
     let mut delay = Duration::from_millis(100);
     loop {
         match args.host.connect().await {

@@ -13,11 +13,12 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port of the host's egress proxy.
 pub const EGRESS_PORT: u32 = 1025;
-/// The guest's end of the egress proxy: HTTP(S)_PROXY points here. A
-/// privileged port (below 1024; sessions have no CAP_NET_BIND_SERVICE and
-/// PID 1 keeps `ip_unprivileged_port_start` at 1024), so no session can
-/// listen there and collect the others' proxy credentials, even if the
-/// forwarder were gone.
+/// The guest's end of the egress proxy: HTTP(S)_PROXY points here. The
+/// agent listens there in each session's own network namespace. A
+/// privileged port (below 1024; sessions have no CAP_NET_BIND_SERVICE, a
+/// new network namespace's `ip_unprivileged_port_start` is 1024 and
+/// sessions cannot write its sysctls), so no session can listen there and
+/// collect proxy credentials, even if the forwarder were gone.
 pub const EGRESS_LISTEN: &str = "127.0.0.1:312";
 /// The VMM's boot timer: init writes the magic byte to this port when it
 /// starts (vmm/src/layout.rs has the VMM's side; a test checks they agree).

@@ -1,6 +1,6 @@
 //! The real confinement code, end to end, as root but harmless to the
-//! machine running it: the agent runs under `unshare --mount --pid --fork
-//! --propagation private` (its mounts, and its sessions' namespaces made
+//! machine running it: the agent runs under `unshare --mount --pid --ipc
+//! --net --fork --propagation private` (its mounts, and its sessions' namespaces made
 //! from them, are its own) with every path of its layout under a test
 //! directory (the hidden `--confine-test-root`). Without root or unshare
 //! the tests show as ignored (build.rs), and fail under CI.
@@ -22,7 +22,7 @@ fn cannot_run() -> Option<String> {
         return Some("needs root".into());
     }
     let ok = Command::new("unshare")
-        .args(["--mount", "--pid", "--uts", "--ipc", "--fork"])
+        .args(["--mount", "--pid", "--uts", "--ipc", "--net", "--fork"])
         .args(["--propagation", "private", "true"])
         .status();
     match ok {
@@ -48,10 +48,18 @@ struct Confined {
 
 impl Confined {
     fn start() -> Confined {
-        // Not under /tmp: each session gets its own /tmp over it.
+        // Not under /tmp: each session gets its own /tmp over it, which
+        // would hide the layout (a checkout under /tmp has its target
+        // there too).
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let base = if base.starts_with("/tmp") {
+            Path::new("/var/tmp")
+        } else {
+            base
+        };
         let tmp = tempfile::Builder::new()
             .prefix("confine")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(base)
             .unwrap();
         // Session users must reach their directories under it.
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -67,14 +75,18 @@ impl Confined {
             "sh",
         ]);
         cmd.arg("unshare");
-        // Its own host name and IPC too: nothing of the machine's to touch.
-        // Its own /proc too: `endSession` scans it for the session's
-        // processes, which must be this agent's alone, not the machine's.
-        cmd.args(["--mount", "--pid", "--uts", "--ipc", "--fork"])
+        // Its own host name, IPC and network too: nothing of the machine's
+        // to touch (nor to share with the sessions by mistake: each has
+        // its own). Its own /proc too: `endSession` scans it for the
+        // session's processes, which must be this agent's alone.
+        cmd.args(["--mount", "--pid", "--uts", "--ipc", "--net", "--fork"])
             .args(["--propagation", "private", "--mount-proc"])
             .arg(env!("CARGO_BIN_EXE_cowork-guest"))
             .arg("--confine-test-root")
-            .arg(&root);
+            .arg(&root)
+            // The host's egress proxy, for the tests that stand in for it.
+            .arg("--egress-unix")
+            .arg(root.join("egress.sock"));
         Confined {
             a: Agent::start_with(cmd, tmp),
             root,
@@ -647,4 +659,231 @@ fn delete_refuses_a_session_with_a_mount() {
     );
     assert!(src.join("precious").exists(), "the user's file survives");
     assert!(!c.sessions().join("gone").exists());
+}
+
+/// A server on 127.0.0.1 and on an abstract Unix socket name, answering
+/// each connection with `a`.
+const SERVER: &str = r#"
+import select, socket
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("127.0.0.1", 40312)); t.listen()
+u = socket.socket(socket.AF_UNIX); u.bind("\0cowork-ns-test"); u.listen()
+print("listening", flush=True)
+while True:
+    for s in select.select([t, u], [], [])[0]:
+        c = s.accept()[0]; c.sendall(b"a\n"); c.close()
+"#;
+
+/// Connects to [`SERVER`]'s two sockets; says what it got.
+const CLIENT: &str = r#"
+import socket
+def attempt(family, addr):
+    s = socket.socket(family); s.settimeout(5)
+    try:
+        s.connect(addr)
+        return s.recv(8).decode().strip() or "closed"
+    except OSError as e:
+        return "refused"
+print("tcp=" + attempt(socket.AF_INET, ("127.0.0.1", 40312)))
+print("abstract=" + attempt(socket.AF_UNIX, "\0cowork-ns-test"))
+"#;
+
+/// Runs [`CLIENT`], then reports the System V IPC objects it sees and its
+/// network namespace.
+fn probe_script() -> String {
+    format!(
+        r#"python3 -c '{CLIENT}'
+echo shm=$(ipcs -m | grep -c '^0x')
+echo msg=$(ipcs -q | grep -c '^0x')
+echo net=$(readlink /proc/self/ns/net)
+echo done"#
+    )
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+}
+
+/// Two sessions cannot reach each other's loopback servers, abstract Unix
+/// sockets or System V IPC objects; the processes of one session can.
+/// Nor can a session take a privileged port or open them to itself.
+#[test]
+#[cfg_attr(
+    not(all(has_root, has_unshare)),
+    ignore = "needs root and util-linux unshare"
+)]
+fn sessions_have_their_own_network_and_ipc() {
+    if skip_unless_able("sessions_have_their_own_network_and_ipc") {
+        return;
+    }
+    if !common::require(
+        Path::new("/usr/bin/python3").exists(),
+        "sessions_have_their_own_network_and_ipc",
+        "needs /usr/bin/python3",
+    ) {
+        return;
+    }
+    let mut c = Confined::start();
+    // As in the VM, where PID 1 does it: the agent's own loopback is up,
+    // so a session left in the agent's namespace would reach another's.
+    agent_lo_up(&c);
+    c.user(1, "a");
+    c.user(2, "b");
+    c.spawn("srv", Some("a"), &format!("exec python3 -c '{SERVER}'"));
+    c.read_until("srv", "listening");
+    let out = c.run_as("ipc", "a", "ipcmk -M 4096 && ipcmk -Q && echo made");
+    assert!(out.contains("made"), "{out}");
+
+    let mine = c.run_as("mine", "a", &probe_script());
+    let theirs = c.run_as("theirs", "b", &probe_script());
+    for (key, a, b) in [
+        ("tcp=", "a", "refused"),
+        ("abstract=", "a", "refused"),
+        ("shm=", "1", "0"),
+        ("msg=", "1", "0"),
+    ] {
+        assert_eq!(line(&mine, key), a, "session a's own, {key}\n{mine}");
+        assert_eq!(line(&theirs, key), b, "session b, {key}\n{theirs}");
+    }
+    assert_ne!(line(&mine, "net="), line(&theirs, "net="));
+
+    // The privileged ports stay privileged in the session's namespace,
+    // whose sysctls it cannot change.
+    let out = c.run_as(
+        "ports",
+        "a",
+        r#"k=/proc/sys/net/ipv4/ip_unprivileged_port_start
+        (echo 0 > $k) 2>/dev/null && echo LEAK-sysctl || echo sysctl-refused
+        echo start=$(cat $k)
+        python3 -c 'import socket; socket.socket().bind(("127.0.0.1", 313))' 2>/dev/null &&
+            echo LEAK-bind || echo bind-refused"#,
+    );
+    for want in ["sysctl-refused", "start=1024", "bind-refused"] {
+        assert!(out.lines().any(|l| l == want), "no {want} in:\n{out}");
+    }
+    assert!(!out.contains("LEAK"), "{out}");
+}
+
+/// Stands in for the host's egress proxy on `<root>/egress.sock`: answers
+/// each connection's first line with `proxy-saw <line>`.
+fn fake_proxy(root: &Path) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, Write};
+    let l = std::os::unix::net::UnixListener::bind(root.join("egress.sock")).unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut first = String::new();
+            let mut rd = std::io::BufReader::new(conn.try_clone().unwrap());
+            if rd.read_line(&mut first).is_ok() {
+                let _ = write!(conn, "proxy-saw {first}");
+            }
+        }
+    })
+}
+
+/// Says `hello from $1` to the egress listener and prints the answer.
+const EGRESS: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", 312), timeout=10)
+s.sendall(("hello from %s\n" % sys.argv[1]).encode())
+print("egress=" + s.makefile().readline().strip())
+"#;
+
+/// The process ids of the agent: the child of the `unshare` the test ran.
+fn agent_pid(c: &Confined) -> u32 {
+    let id = c.a.child.id();
+    let kids = std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap();
+    kids.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Brings `lo` up in the agent's network namespace (SIOCGIFFLAGS, then
+/// SIOCSIFFLAGS with IFF_UP).
+fn agent_lo_up(c: &Confined) {
+    const UP: &str = r#"
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh", b"lo", 0))[:18])[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sh", b"lo", flags | 1))
+"#;
+    let st = Command::new("nsenter")
+        .arg("-t")
+        .arg(agent_pid(c).to_string())
+        .args(["-n", "/usr/bin/python3", "-c", UP])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// How many network namespaces the agent holds by descriptor.
+fn held_netns(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("net:["))
+        .count()
+}
+
+/// Each session's own loopback has the egress listener, served by the
+/// agent's forwarder; ending a session lets its namespaces go, and its
+/// next process gets new ones (with a listener again).
+#[test]
+#[cfg_attr(
+    not(all(has_root, has_unshare)),
+    ignore = "needs root and util-linux unshare"
+)]
+fn egress_reaches_the_forwarder_from_each_session() {
+    if skip_unless_able("egress_reaches_the_forwarder_from_each_session") {
+        return;
+    }
+    if !common::require(
+        Path::new("/usr/bin/python3").exists(),
+        "egress_reaches_the_forwarder_from_each_session",
+        "needs /usr/bin/python3",
+    ) {
+        return;
+    }
+    let mut c = Confined::start();
+    c.user(1, "a");
+    c.user(2, "b");
+    let _proxy = fake_proxy(&c.root);
+    let script = format!("python3 -c '{EGRESS}' $0; echo net=$(readlink /proc/self/ns/net)");
+    let send = |c: &mut Confined, id: &str, session: &str| {
+        c.a.send(
+            &HostMsg::Spawn {
+                id: id.into(),
+                command: "/bin/sh".into(),
+                args: vec!["-c".into(), script.clone(), session.into()],
+                env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+                cwd: None,
+                session: Some(session.into()),
+            },
+            &[],
+        );
+        let out = c.read_until(id, "\u{0}never");
+        let want = format!("hello from {session}");
+        assert_eq!(line(&out, "egress="), format!("proxy-saw {want}"), "{out}");
+        line(&out, "net=").to_string()
+    };
+    let net_a = send(&mut c, "ea", "a");
+    let net_b = send(&mut c, "eb", "b");
+    assert_ne!(net_a, net_b);
+    let agent = agent_pid(&c);
+    assert_eq!(held_netns(agent), 2, "one per session");
+
+    c.a.send(
+        &HostMsg::EndSession {
+            req: 5,
+            session: "a".into(),
+        },
+        &[],
+    );
+    assert_eq!(c.answer(5).0, GuestMsg::Done { req: 5 });
+    assert_eq!(held_netns(agent), 1, "a's namespaces let go");
+    let net_a2 = send(&mut c, "ea2", "a");
+    assert_ne!(net_a2, net_a, "a new pair for the session's next process");
+    assert_eq!(held_netns(agent), 2);
 }

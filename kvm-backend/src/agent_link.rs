@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use cowork_backend::api::ProcessStatus;
 use cowork_backend::utf8::Utf8Stream;
+use cowork_backend::wire::{encode_output_frame, OutputKind};
 use cowork_backend::{Event, EventBus, NetworkStatus};
 use cowork_guest::wire::{self, GuestMsg, HostMsg};
 use tokio::io::AsyncWriteExt;
@@ -156,9 +157,12 @@ impl AgentLink {
         });
         let reader = link.clone();
         tokio::spawn(async move {
+            // Where output is framed (encode_output_frame), kept across
+            // messages.
+            let mut scratch = Vec::new();
             loop {
                 match read_msg(&mut rd).await {
-                    Ok((msg, payload)) => reader.on_message(msg, payload, &bus).await,
+                    Ok((msg, payload)) => reader.on_message(msg, payload, &bus, &mut scratch).await,
                     Err(e) => {
                         tracing::info!("agent channel ended: {e}");
                         break;
@@ -189,7 +193,13 @@ impl AgentLink {
         }
     }
 
-    async fn on_message(&self, msg: GuestMsg, payload: Vec<u8>, bus: &EventBus) {
+    async fn on_message(
+        &self,
+        msg: GuestMsg,
+        payload: Vec<u8>,
+        bus: &EventBus,
+        scratch: &mut Vec<u8>,
+    ) {
         let reply = |req: u64, r: Reply| {
             if let Some(tx) = lock(&self.waiting).replies.remove(&req) {
                 let _ = tx.send(r);
@@ -210,22 +220,27 @@ impl AgentLink {
                 }
             }
             GuestMsg::Stdout { id } | GuestMsg::Stderr { id } => {
-                let text = {
+                // Framed straight from the payload (no copy of the text
+                // in the common case), under the lock that orders the
+                // stream's decoding.
+                let frame = {
                     let mut procs = lock(&self.procs);
                     let Some(p) = procs.get_mut(&id) else { return };
-                    if is_out {
-                        p.stdout.push(&payload)
+                    let (text, kind) = if is_out {
+                        (p.stdout.decode(&payload), OutputKind::Stdout)
                     } else {
-                        p.stderr.push(&payload)
-                    }
-                };
-                if !text.is_empty() {
-                    let ev = if is_out {
-                        Event::Stdout { id, data: text }
-                    } else {
-                        Event::Stderr { id, data: text }
+                        (p.stderr.decode(&payload), OutputKind::Stderr)
                     };
-                    bus.publish(&ev).await;
+                    if text.is_empty() {
+                        return;
+                    }
+                    encode_output_frame(kind, &id, &text, scratch)
+                };
+                match frame {
+                    Ok(frame) => bus.publish_output(frame).await,
+                    // A guest's frame of control characters can escape
+                    // past the event limit: dropped, with this line.
+                    Err(e) => tracing::warn!(process = %id, "output dropped: {e}"),
                 }
             }
             GuestMsg::Exit {

@@ -8,10 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use cowork_backend::{BackendError, Result};
 use cowork_egress::policy::Policy;
-use cowork_egress::proxy::serve_with;
-
-/// Conversations through the egress proxy at once, all sessions together.
-const CONVERSATIONS: usize = 256;
 
 /// Credential → (process id, its policy).
 #[derive(Default)]
@@ -45,25 +41,14 @@ pub fn random_token() -> Result<String> {
 /// Serves the guest's egress connections (its forwarder dials the host's
 /// egress port over vsock) with each process's own policy.
 pub async fn serve(listener: tokio::net::UnixListener, policies: Arc<EgressPolicies>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONVERSATIONS));
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                // Out of descriptors or a passing error: keep serving.
-                tracing::debug!("VM egress: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let policies = policies.clone();
-        tokio::spawn(async move {
-            let outcome = serve_with(stream, |token| policies.find(token)).await;
-            tracing::debug!("VM egress: {outcome:?}");
-            drop(permit);
-        });
-    }
+    // The egress crate's loop: a shared slot only until the request head
+    // names the session, then the session's own cap, so one session's
+    // connections cannot starve another's.
+    cowork_egress::listener::serve_connections(
+        listener,
+        move |token| policies.find(token),
+        cowork_egress::limits::Limits::default(),
+        "VM".into(),
+    )
+    .await
 }

@@ -23,6 +23,7 @@ pub mod console;
 pub mod egress;
 pub mod lifecycle;
 pub mod probe;
+mod protected_ids;
 pub mod session_disk;
 pub mod sessions;
 pub mod shares;
@@ -63,6 +64,8 @@ pub struct KvmConfig {
     /// Mount sources must be inside it, as on the other backends.
     pub home: PathBuf,
     pub machine: Machine,
+    /// Whether the protected paths of read-write shares stay read-only.
+    pub protection: cowork_backend::protected::Protection,
 }
 
 pub struct KvmBackend {

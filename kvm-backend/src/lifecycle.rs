@@ -625,6 +625,8 @@ impl KvmBackend {
 
     pub(crate) async fn stop_machine(&self) -> Result<()> {
         let _one_at_a_time = self.life.lock().await;
+        // Held until the VM has ended: its image is not pruned under it.
+        let in_use = self.lock().image_in_use.take();
         let (machine, link) = self.lock().take_vm();
         // The VM's processes are gone with it: so are their credentials.
         self.egress.lock().clear();
@@ -645,6 +647,29 @@ impl KvmBackend {
             }
         }
         reap(machine).await;
+        drop(in_use);
+        self.prune_old_images().await;
         Ok(())
+    }
+
+    /// An image update (`image build`) while the VM ran left the image it
+    /// booted behind, kept for it: with the VM stopped, nothing needs it.
+    async fn prune_old_images(&self) {
+        let root = self.cfg.images.clone();
+        let pruned = tokio::task::spawn_blocking(move || {
+            // A flat image directory (`image build --out`) has no versions.
+            (cowork_rootfs::store::resolve(&root) != root)
+                .then(|| cowork_rootfs::store::prune(&root))
+        })
+        .await;
+        match pruned {
+            Ok(Some(Ok(p))) => {
+                for d in p.removed {
+                    tracing::info!("removed the previous guest image {}", d.display());
+                }
+            }
+            Ok(Some(Err(e))) => tracing::warn!("cannot prune old guest images: {e}"),
+            Ok(None) | Err(_) => {}
+        }
     }
 }

@@ -4,14 +4,16 @@
 //! the session expects it. A session's shares go when it goes idle
 //! ([`crate::sessions`]); the SDK's share serves every session read-only.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cowork_backend::api::{MountMode, MountSpec};
-use cowork_backend::paths::{resolve_host_path, validate_mount_source};
+use cowork_backend::paths::resolve_host_path;
+use cowork_backend::protected::Protection;
 use cowork_backend::{BackendError, Result};
 use cowork_guest::wire::HostMsg;
-use cowork_vmm::devices::virtio::fs::TAG as FS_TAG;
+use cowork_vmm::devices::virtio::fs::{Protected, TAG as FS_TAG};
 
 use crate::agent_link::{AgentLink, Reply};
 use crate::lifecycle::State;
@@ -64,11 +66,10 @@ impl KvmBackend {
     ) -> Result<String> {
         cowork_backend::session_data::validate_name("mount name", name)?;
         let source = resolve_host_path(&self.cfg.home, &spec.path)?;
-        let canon = validate_mount_source(&self.cfg.home, &source)?;
-        if !canon.exists() {
-            std::fs::create_dir_all(&canon)
-                .map_err(|e| BackendError::io(format!("cannot create {}", canon.display()), e))?;
-        }
+        // Checked, and made if missing, one component at a time with no
+        // symlink followed (the same resolution as the bwrap backend's);
+        // export opens it again the same way.
+        let (canon, _) = cowork_backend::resolve::open_mount_source(&self.cfg.home, &source, true)?;
         let guest = format!("/sessions/{session}/mnt/{name}");
         let ro = spec.mode == Some(MountMode::Ro);
         self.export(link, Owner::Session(session), canon, ro, &guest)
@@ -110,9 +111,27 @@ impl KvmBackend {
         let share = match existing {
             Some(s) => s,
             None => {
+                // The folder is opened once, beneath the home with no
+                // symlink on the way, and the file server imports that very
+                // folder through the descriptor ("/." makes the open follow
+                // the descriptor's magic link, which names the folder
+                // itself, not a path): a symlink a session plants after
+                // the checks above changes nothing.
+                let (_, root) =
+                    cowork_backend::resolve::open_mount_source(&self.cfg.home, &dir, false)?;
+                let opened = PathBuf::from(format!("/proc/self/fd/{}/.", root.as_raw_fd()));
+                // A share whose protected paths cannot all be taken is
+                // exported read-only whole (the search fails closed).
+                let (ro, protected) = match self.protected_in(&opened, &dir, ro).await? {
+                    Some(p) => (ro, p),
+                    None => (true, Protected::default()),
+                };
                 let s = shares
-                    .add(&dir, ro, user)
-                    .map_err(|e| BackendError::invalid("share", e.to_string()))?;
+                    .add_protected(&opened, ro, user, protected)
+                    .map_err(|e| {
+                        BackendError::invalid("share", format!("{}: {e}", dir.display()))
+                    })?;
+                drop(root);
                 let mut st = self.lock();
                 match owner {
                     Owner::Session(name) => {
@@ -161,6 +180,26 @@ impl KvmBackend {
             }
             other => Err(unexpected("share", other)),
         }
+    }
+}
+
+impl KvmBackend {
+    /// What the file server keeps from the guest in a new share of `dir`:
+    /// the protected paths there now, in a read-write share, unless the
+    /// config turned protection off; `None` when they cannot all be taken.
+    async fn protected_in(
+        &self,
+        dir: &std::path::Path,
+        shown: &std::path::Path,
+        ro: bool,
+    ) -> Result<Option<Protected>> {
+        if ro || self.cfg.protection == Protection::Off {
+            return Ok(Some(Protected::default()));
+        }
+        let (dir, shown) = (dir.to_path_buf(), shown.to_path_buf());
+        tokio::task::spawn_blocking(move || crate::protected_ids::take(&dir, &shown))
+            .await
+            .map_err(|e| BackendError::invalid("share", format!("protected paths: {e}")))
     }
 }
 

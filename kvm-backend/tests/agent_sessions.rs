@@ -56,6 +56,7 @@ impl Fixture {
                 data: dir.path().join("d"),
                 home,
                 machine: Machine::AgentProcess { agent: agent_bin() },
+                protection: Default::default(),
             },
             bus,
         );

@@ -6,6 +6,7 @@
 //! agent-turn row.
 
 pub mod conversation;
+pub mod drive;
 pub mod mock_api;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};

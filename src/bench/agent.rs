@@ -3,18 +3,13 @@
 //! timed from spawn to the first stdout line and to the `result` line.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
 
 use super::{stats, Stats};
-use crate::agent_turn::{self, conversation, mock_api::MockApi};
+use crate::agent_turn::{self, conversation, drive, mock_api::MockApi};
 use crate::client::{Client, EventStream};
-
-/// How long one turn may take before the row counts as failed.
-const TURN: Duration = Duration::from_secs(120);
 
 #[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -91,56 +86,14 @@ async fn one_turn(
     base_url: &str,
     host: &str,
 ) -> Result<(f64, f64)> {
-    let t0 = Instant::now();
     let spawn = conversation::spawn(id, "bench", base_url, &[host.to_string()]);
-    client.call("spawn", spawn).await.context("spawn")?;
-    let user = conversation::user_line("Write the proof file.");
-    client
-        .call("writeStdin", json!({"id": id, "data": user}))
-        .await?;
-    let mut first = None;
-    let mut buf = String::new();
-    let outcome = tokio::time::timeout(TURN, async {
-        loop {
-            let ev = events.next().await?;
-            if !ev.is_for(id) {
-                continue;
-            }
-            match ev.kind.as_str() {
-                "stdout" => {
-                    first.get_or_insert_with(|| ms(t0));
-                    buf.push_str(ev.data.as_deref().unwrap_or(""));
-                    for line in conversation::take_lines(&mut buf) {
-                        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-                            continue;
-                        };
-                        if v["type"] == "result" {
-                            if v["is_error"] != false {
-                                bail!("the turn ended in an error: {}", v["result"]);
-                            }
-                            return Ok(ms(t0));
-                        }
-                        if let Some(reply) = conversation::permission_reply(&v) {
-                            client
-                                .call("writeStdin", json!({"id": id, "data": reply}))
-                                .await?;
-                        }
-                    }
-                }
-                "exit" => bail!("the CLI exited ({:?}) before its result", ev.exit_code),
-                _ => {}
-            }
-        }
-    })
-    .await;
-    // The CLI waits for the next message: end it either way.
-    let _ = client
-        .call("kill", json!({"id": id, "signal": "SIGKILL"}))
-        .await;
-    let result = outcome.map_err(|_| anyhow::anyhow!("no result within {TURN:?}"))??;
-    Ok((first.unwrap_or(result), result))
-}
-
-fn ms(t0: Instant) -> f64 {
-    t0.elapsed().as_secs_f64() * 1e3
+    let out = drive::one_turn(client, events, id, spawn, "Write the proof file.").await?;
+    let Some(result) = &out.result else {
+        bail!("the CLI exited ({:?}) before its result", out.exit_code);
+    };
+    if result["is_error"] != false {
+        bail!("the turn ended in an error: {}", result["result"]);
+    }
+    let done = out.result_ms.unwrap_or_default();
+    Ok((out.first_line_ms.unwrap_or(done), done))
 }

@@ -353,28 +353,28 @@ fn skip_reason(kind: Kind) -> Option<String> {
 pub fn main(args: BenchArgs) -> Result<i32> {
     let p = if args.quick {
         Profile {
-            iterations: args.iterations.min(30),
-            mib: args.output_mib.min(16),
+            iterations: args.iterations.unwrap_or(30),
+            mib: args.output_mib.unwrap_or(16),
             repeats: 2,
             sessions: 10,
-            files: 1000,
-            big_mib: 64,
+            files: args.files.unwrap_or(1000),
+            big_mib: args.big_mib.unwrap_or(64),
             agent_turns: 2,
         }
     } else {
         Profile {
-            iterations: args.iterations,
-            mib: args.output_mib,
+            iterations: args.iterations.unwrap_or(200),
+            mib: args.output_mib.unwrap_or(256),
             repeats: 5,
             sessions: 50,
-            files: 5000,
-            big_mib: 1024,
+            files: args.files.unwrap_or(5000),
+            big_mib: args.big_mib.unwrap_or(1024),
             agent_turns: 5,
         }
     };
     let (iterations, mib) = (p.iterations, p.mib);
-    if iterations == 0 || mib == 0 {
-        bail!("--iterations and --output-mib must be at least 1");
+    if iterations == 0 || mib == 0 || p.files == 0 || p.big_mib == 0 {
+        bail!("--iterations, --output-mib, --files and --big-mib must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -25,10 +25,22 @@ pub enum FrameReadError {
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
 ) -> Result<Option<Vec<u8>>, FrameReadError> {
+    let mut body = Vec::new();
+    Ok(read_frame_into(r, &mut body).await?.then_some(body))
+}
+
+/// [`read_frame`] into `body` (cleared first; its capacity is kept), for a
+/// reader of many frames: a stream of output events then costs no
+/// allocation per frame. False at a clean end of stream.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    body: &mut Vec<u8>,
+) -> Result<bool, FrameReadError> {
+    body.clear();
     let mut len = [0u8; 4];
     let first = r.read(&mut len).await?;
     if first == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     let rest = async {
         r.read_exact(&mut len[first..]).await?;
@@ -37,15 +49,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             return Err(FrameReadError::TooLarge(n));
         }
         // Allocate as bytes arrive rather than trusting the length up front.
-        let mut body = Vec::with_capacity((n as usize).min(64 * 1024));
-        let got = r.take(n).read_to_end(&mut body).await?;
+        body.reserve((n as usize).min(64 * 1024));
+        let got = r.take(n).read_to_end(body).await?;
         if got as u64 != n {
             return Err(FrameReadError::Truncated);
         }
-        Ok(body)
+        Ok(true)
     };
     match tokio::time::timeout(FRAME_COMPLETION, rest).await {
-        Ok(Ok(body)) => Ok(Some(body)),
+        Ok(Ok(got)) => Ok(got),
         Ok(Err(FrameReadError::Io(e))) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             Err(FrameReadError::Truncated)
         }

@@ -4,5 +4,5 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{read_frame, FrameReadError};
+pub use frame::{read_frame, read_frame_into, FrameReadError};
 pub use message::{error_reply, ok_reply, parse_request, Request, RequestError};

@@ -291,7 +291,7 @@ pub fn is_root() -> bool {
 mod prerequisite;
 // Not every test file checks prerequisites.
 #[allow(unused_imports)]
-pub use prerequisite::{in_ci, require};
+pub use prerequisite::{in_ci, optional_part, require};
 
 /// Process `pid`'s resident memory in KiB (0 once it is gone).
 pub fn rss_kib(pid: u32) -> u64 {

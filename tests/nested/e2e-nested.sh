@@ -8,6 +8,14 @@
 #
 #   tests/nested/e2e-nested.sh HELPER IMAGE_DIR [RESULT_JSON]
 #
+# With NESTED_AGENT_DRIVER (the agent_turn example) and NESTED_AGENT_SDK
+# (a directory holding <version>/claude), and the standard rootfs in
+# IMAGE_DIR, the outer machine also gets a disk with the standard image and
+# the real Claude Code CLI: it times the standard image's boot and runs one
+# agent turn on the kvm backend booting it, as the app does. With
+# NESTED_GUEST_AGENT (the static guest agent), it updates an image while a
+# VM runs from the old one.
+#
 # Prints NESTED-RESULT lines and exits 0 when the agent came up under our VMM.
 set -euo pipefail
 
@@ -48,10 +56,13 @@ kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
 # The outer machine's initramfs.
 root=$work/initramfs
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc,newroot,guest,lib/cowork,usr/share/qemu}
-echo '127.0.0.1 localhost upstream.test' > "$root/etc/hosts"
+echo '127.0.0.1 localhost upstream.test api.mock.test' > "$root/etc/hosts"
 cp /bin/busybox "$root/bin/busybox"
 for app in sh mount insmod poweroff cat sleep echo tr test [ ls wc dd kill true head grep tar rm mkdir sync cp touch switch_root sed timeout mkfifo dmesg cut; do ln -s busybox "$root/bin/$app"; done
 cp "$kmods/virt/lib/irqbypass.ko" "$kmods/arch/x86/kvm/kvm.ko" "$kmods/arch/x86/kvm/kvm-amd.ko" "$root/lib/cowork/"
+# For the stage disk (below): virtio-blk over PCI, all modules in this kernel.
+for m in virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci; do cp "$kmods/drivers/virtio/$m.ko" "$root/lib/cowork/"; done
+cp "$kmods/drivers/block/virtio_blk.ko" "$root/lib/cowork/"
 cp "$images/vmlinux" "$images/rootfs-minimal.ext4" "$root/guest/"
 # The image directory may name another profile (make image builds standard
 # and minimal; standard is the default): the outer machine gets the kernel
@@ -74,13 +85,76 @@ copy_with_libs() {
     done
 }
 copy_with_libs "$helper" /bin/cowork-microvm
+# The libraries of a program that is itself on the stage disk.
+copy_libs() {
+    ldd "$1" | grep -o '/[^ ]*' | while read -r lib; do
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+}
+# The stage disk: the standard image and the CLI are too large for the
+# initramfs (a tmpfs copy of ~700 MB in a 4 GB machine), so they go on an
+# ext4 disk of their own, written in the outer machine to a throw-away
+# overlay (QEMU's snapshot=on) and mounted as the agent helper's home.
+stage_drive=()
+agent_phase=""
+if [ -n "${NESTED_AGENT_DRIVER:-}" ] && [ -n "${NESTED_AGENT_SDK:-}" ] && [ -f "$images/rootfs-standard.ext4" ]; then
+    sdk_version=$(ls "$NESTED_AGENT_SDK" | head -n1)
+    [ -x "$NESTED_AGENT_SDK/$sdk_version/claude" ] || { echo "e2e-nested: no CLI at $NESTED_AGENT_SDK/$sdk_version/claude" >&2; exit 2; }
+    st=$work/stage
+    mkdir -p "$st/images" "$st/home/.local/share/claude-sdk/$sdk_version"
+    # Hard links where the files share a file system: no copies on disk.
+    put() { ln "$1" "$2" 2>/dev/null || cp "$1" "$2"; }
+    put "$images/vmlinux" "$st/images/vmlinux"
+    put "$images/rootfs-standard.ext4" "$st/images/rootfs-standard.ext4"
+    put "$NESTED_AGENT_SDK/$sdk_version/claude" "$st/home/.local/share/claude-sdk/$sdk_version/claude"
+    put "$NESTED_AGENT_DRIVER" "$st/agent_turn"
+    copy_libs "$NESTED_AGENT_DRIVER"
+    # The default profile's manifest, listing just what is staged.
+    python3 - "$images/manifest.json" >"$st/images/manifest.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["profile"] = "standard"
+m["artifacts"] = {k: v for k, v in m["artifacts"].items() if k in ("vmlinux", "rootfs-standard.ext4")}
+json.dump(m, sys.stdout, indent=2)
+PY
+    size_mib=$(( $(du -sLm "$st" | cut -f1) + 2048 ))
+    mke2fs -q -t ext4 -L stage -d "$st" "$work/stage.img" "${size_mib}M" >/dev/null
+    rm -rf "$st"
+    stage_drive=(-drive "file=$work/stage.img,format=raw,if=virtio,snapshot=on")
+    agent_phase=1
+fi
+# The image update: the helper builds minimal images itself from the
+# staged kernel (with the kernel.json a package ships) and static agent.
+update_phase=""
+if [ -n "${NESTED_GUEST_AGENT:-}" ] && [ -x "$NESTED_GUEST_AGENT" ]; then
+    cp "$NESTED_GUEST_AGENT" "$root/guest/cowork-guest"
+    python3 - "$images/manifest.json" >"$root/guest/kernel.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+k = {key[len("kernel."):]: v for key, v in m["inputs"].items() if key.startswith("kernel.")}
+k["vmlinuxSha256"] = m["artifacts"]["vmlinux"]["sha256"]
+json.dump(k, sys.stdout, indent=2)
+PY
+    copy_with_libs "$(command -v debugfs || echo /sbin/debugfs)" /sbin/debugfs
+    update_phase=1
+fi
 if command -v bwrap >/dev/null; then copy_with_libs "$(command -v bwrap)" /usr/bin/bwrap; fi
 copy_with_libs "$(command -v mke2fs || echo /sbin/mke2fs)" /sbin/mke2fs
 # NESTED_STRACE=1: the first kvm helper runs under strace -f -c (the
 # syscalls the whole helper uses, for its seccomp lists; slow).
 strace_prefix=""
-fs_files=${NESTED_FS_FILES:-2000}
-case $fs_files in ''|*[!0-9]*) echo "e2e-nested: NESTED_FS_FILES must be a number" >&2; exit 2 ;; esac
+# The outer machine: NESTED_SMP vCPUs (default 2) under multi-threaded TCG
+# (NESTED_TCG_THREAD=single for the round-robin one): the inner guest's
+# vCPUs and the helper's device threads then run side by side, and a whole
+# run takes minutes instead of most of an hour. Given up after
+# NESTED_TIMEOUT seconds (default 1500; a normal run takes under ten
+# minutes on two cores).
+smp=${NESTED_SMP:-2}
+limit=${NESTED_TIMEOUT:-1500}
+case "$smp$limit" in *[!0-9]*) echo "e2e-nested: NESTED_SMP and NESTED_TIMEOUT must be numbers" >&2; exit 2 ;; esac
+tcg_thread=${NESTED_TCG_THREAD:-multi}
+case $tcg_thread in single|multi) ;; *) echo "e2e-nested: NESTED_TCG_THREAD is single or multi" >&2; exit 2 ;; esac
 if [ -n "${NESTED_STRACE:-}" ] && command -v strace >/dev/null; then
     copy_with_libs "$(command -v strace)" /usr/bin/strace
     strace_prefix="/usr/bin/strace -f -c -o /tmp/strace.txt"
@@ -112,13 +186,23 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
+# Where the time goes: each step's end, in seconds since the outer boot.
+stamp() { echo "NESTED-TIME \$1 \$(cut -d' ' -f1 /proc/uptime)"; }
 for m in irqbypass kvm kvm-amd; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
+if [ -n "$agent_phase" ]; then
+    for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
+    mkdir -p /stage
+    n=0; while [ ! -b /dev/vda ] && [ \$n -lt 100 ]; do sleep 0.1; n=\$((n+1)); done
+    mount -t ext4 /dev/vda /stage || echo "NESTED-ERROR stage disk"
+fi
 if [ -c /dev/kvm ]; then echo "NESTED: /dev/kvm ready"; else echo "NESTED-ERROR no /dev/kvm"; fi
 HOME=/tmp /bin/cowork-microvm vm boot ${VM_BOOT_FLAGS:-} --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/vmm.json
 echo; echo "NESTED-RESULT vmm \$(cat /tmp/vmm.json)"
+stamp vm-boot
 if [ -n "$qemu_inner" ]; then
     HOME=/tmp /bin/cowork-microvm vm boot --qemu /usr/bin/qemu-system-x86_64 --kernel /guest/vmlinux --rootfs /guest/rootfs-minimal.ext4 --mem-mib 256 --until-ready --timeout 240 --json /tmp/qemu.json
     echo; echo "NESTED-RESULT qemu \$(cat /tmp/qemu.json)"
+stamp qemu-boot
 fi
 # The helper protocol against the kvm backend, as the app drives it.
 # NESTED_SECCOMP=log: the filters let everything through and the kernel
@@ -130,28 +214,48 @@ export HOME=/tmp COWORK_VM_IMAGE_DIR=/guest COWORK_VM_LOG_FILE=/tmp/helper.log C
 $strace_prefix /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock >/tmp/serve.log 2>&1 &
 helper=\$!
 while [ ! -S /tmp/run/h.sock ]; do sleep 0.1; done
-call() { /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1 | tr -d '\n'; }
+# Where every thread of the helper is (state, kernel wait, current
+# syscall) and the end of its log, printed at once: what a stuck step
+# leaves behind, on the console (fd 9) even where the step's own output is
+# thrown away.
+exec 9>&1
+diag() {
+    {
+        for t in /proc/\$helper/task/*; do
+            echo "NESTED-DIAG \$1 \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
+        done 2>&1
+        tail -8 /tmp/helper.log 2>/dev/null | sed "s/^/NESTED-DIAG \$1 log /"
+    } >&9
+}
+call() {
+    o=\$(timeout 300 /bin/cowork-microvm call --socket /tmp/run/h.sock "\$@" 2>&1)
+    [ \$? = 124 ] && diag "stuck-call(\$1)"
+    printf '%s' "\$o" | tr -d '\n'
+}
 # Until a (re)started helper answers: call's own status, not tr's. After a
 # SIGKILL the stale socket file is there before the new helper is.
-serving() { until /bin/cowork-microvm call --socket /tmp/run/h.sock isRunning >/dev/null 2>&1; do sleep 0.2; done; }
+serving() {
+    n=0
+    until timeout 30 /bin/cowork-microvm call --socket /tmp/run/h.sock isRunning >/dev/null 2>&1 || [ \$n -ge 600 ]; do sleep 0.2; n=\$((n+1)); done
+    [ \$n -lt 600 ] || diag stuck-serving
+}
+# Waits for a killed process to end, at most a minute.
+reap() {
+    n=0
+    while [ -d /proc/\$1 ] && ! grep -q '^State:.*Z' /proc/\$1/status 2>/dev/null && [ \$n -lt 300 ]; do sleep 0.2; n=\$((n+1)); done
+    [ \$n -lt 300 ] || diag "stuck-exit(\$1)"
+    wait \$1 2>/dev/null
+}
 echo "NESTED-PROTO firstStartVM \$(call startVM '{}')"
 call stopVM >/dev/null
 echo "NESTED-PROTO startVM \$(call startVM '{"memoryGB":0.25,"cpuCount":2}')"
 echo "NESTED-PROTO isRunning \$(call isRunning)"
 echo "NESTED-PROTO isGuestConnected \$(call isGuestConnected)"
-# A session that has not ended after 10 minutes is stuck: record where
-# every thread of the helper is (state, kernel wait, current syscall),
-# printed at the end as NESTED-DIAG, and give up on it.
-diag() {
-    for t in /proc/\$helper/task/*; do
-        echo "\$1 \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
-    done >> /tmp/diag.txt 2>&1
-}
 # run [--as SESSION] ARGS...: a session (e2e unless named), as \`run\` drives it.
 run() {
     name=e2e
     if [ "\$1" = --as ]; then name=\$2; shift 2; fi
-    timeout 600 /bin/cowork-microvm run --socket /tmp/run/h.sock --name "\$name" "\$@"
+    timeout 300 /bin/cowork-microvm run --socket /tmp/run/h.sock --name "\$name" "\$@"
     rc=\$?
     case \$rc in 124|143) diag "stuck-run(\$*)" ;; esac
     return \$rc
@@ -169,6 +273,7 @@ echo "NESTED-SESSION diskInfo" \$(call getSessionsDiskInfo '{}' | grep -o '"name
 mkdir -p /tmp/proj /tmp/docs; echo from-host > /tmp/proj/in.txt; echo precious > /tmp/docs/ro.txt
 echo "NESTED-SESSION rw" \$(run --mount /tmp/proj:proj -- sh -c 'cat in.txt; pwd; echo from-vm > out.txt' 2>&1) \$(cat /tmp/proj/out.txt 2>&1)
 echo "NESTED-SESSION ro" \$(run --mount /tmp/docs:docs:ro -- sh -c 'cat ro.txt; (echo x > ro.txt) 2>/dev/null && echo wrote || echo refused' 2>&1) \$(cat /tmp/docs/ro.txt)
+stamp sessions
 # Egress: the guest has no network device; its forwarder reaches the
 # helper's proxy over vsock, which applies each session's allowedDomains.
 mkdir -p /tmp/www; echo upstream-ok > /tmp/www/hello.txt
@@ -177,6 +282,7 @@ get='wget -q -O - http://upstream.test:8080/hello.txt 2>/dev/null || echo refuse
 echo "NESTED-SESSION egressAllowed" \$(run --allow-domain upstream.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressRefused" \$(run --allow-domain other.test -- sh -c "\$get" 2>&1)
 echo "NESTED-SESSION egressDirect" \$(run --allow-domain upstream.test -- sh -c 'wget -q -Y off -O - http://127.0.0.1:8080/hello.txt 2>/dev/null || echo no-route' 2>&1)
+stamp egress
 # Two sessions on one helper, as the app runs them. sa holds a private
 # folder and an egress credential; sb, its own user, must reach neither,
 # nor sa's processes, the agent's token, the virtio-fs root or PID 1, nor
@@ -209,68 +315,99 @@ echo "NESTED-SESSION killed \$(call isProcessRunning '{"id":"k1"}')"
 echo "NESTED-SESSION readFile \$(call readFile '{"processName":"e2e","filePath":"/sessions/e2e/kept.txt"}')"
 echo "NESTED-PROTO stopVM \$(call stopVM)"
 echo "NESTED-PROTO isRunningAfterStop \$(call isRunning)"
+stamp two-sessions
 # The session disk outlives the VM and the helper, even one SIGKILLed
 # mid-session (the VM running, a process in it; the stale socket replaced).
 # Written (and synced: the helper is killed next) on this start's disk:
 # each desktop profile has its own (the VM first started before \`run\`
 # named its profile, so kept.txt above went to the unnamed profile's disk).
 call startVM '{"memoryGB":0.25}' >/dev/null
+stamp third-start
 run -- sh -c 'echo kept > /sessions/e2e/kept.txt && sync' >/dev/null 2>&1
 call spawn '{"id":"k2","name":"e2e","command":"sleep","args":["60"]}' >/dev/null
 victim=\$helper
 [ -n "$strace_prefix" ] && victim=\$(cut -d' ' -f1 /proc/\$helper/task/\$helper/children)
-kill -9 \$victim; wait \$helper 2>/dev/null; sleep 1
+kill -9 \$victim; reap \$helper; sleep 1
+stamp helper-killed
 [ -f /tmp/strace.txt ] && { echo NESTED-STRACE-BEGIN; cat /tmp/strace.txt; echo NESTED-STRACE-END; }
 /bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
 helper=\$!
 serving
+stamp helper-back
 echo "NESTED-SESSION persisted \$(run -- cat /sessions/e2e/kept.txt 2>&1 | tr -d '\r\n')"
 echo "NESTED-SESSION restart \$(call stopVM) \$(call startVM '{"memoryGB":0.25}') \$(run -- echo back 2>&1 | tr -d '\r\n')"
 echo "NESTED-PROTO stopVM2 \$(call stopVM)"
-# Figures, side by side in this machine (emulated): spawn->exit and output
-# throughput in the VM against bwrap and the host.
 kill \$helper; wait \$helper 2>/dev/null; sleep 1
-/bin/cowork-microvm bench --quick --backend host,bwrap,kvm,qemu --json /tmp/bench.json >/tmp/bench.txt 2>&1
-cat /tmp/bench.txt
+stamp restart
+# Figures, side by side in this machine (emulated): spawn->exit, output
+# throughput and shared-folder work (untar, churn, a big file) in the VM
+# against bwrap and the host. Not the QEMU + virtiofsd reference row here:
+# under multi-threaded TCG it stalled in four runs of eight (make bench
+# runs it wherever QEMU, virtiofsd and a Linux-capable /dev/kvm exist; the
+# boot comparison above keeps QEMU in this harness). A smaller profile
+# than --quick's, which alone takes about ten minutes here: the ratios,
+# not the sizes, are what an emulated run shows.
+# Its progress goes to the console as it happens.
+(timeout 600 /bin/cowork-microvm bench --quick --iterations 10 --output-mib 4 --files 300 --big-mib 16 --backend host,bwrap,kvm --json /tmp/bench.json; echo \$? >/tmp/bench.rc) 2>&1 | tee /tmp/bench.txt
+[ "\$(cat /tmp/bench.rc)" = 124 ] && echo "NESTED-BENCH-STUCK (its progress is above)"
 echo "NESTED-BENCH \$(cat /tmp/bench.json 2>/dev/null | tr -d '\n')"
-# Shared-folder work side by side: the same guest kernel and rootfs, the
-# same busybox commands on a tar of NESTED_FS_FILES files (default 2,000;
-# 5,000 takes over 20 more minutes under emulation) in a host folder,
-# through our in-process virtio-fs and through QEMU with Debian's virtiofsd.
-mkdir -p /tmp/fsb/src
-i=0; while [ \$i -lt $fs_files ]; do d=/tmp/fsb/src/d\$((i/100)); [ -d \$d ] || mkdir \$d; echo "file \$i" > \$d/f\$i.txt; i=\$((i+1)); done
-(cd /tmp/fsb/src && tar cf ../tree.tar .); rm -rf /tmp/fsb/src
-fswork='rm -rf x && mkdir x && cd x && time tar xf ../tree.tar && cd .. && time ls -lR x >/dev/null && time rm -rf x'
-/bin/cowork-microvm serve --backend kvm --socket /tmp/run/h.sock 2>/dev/null &
-helper=\$!
-serving
-ours=\$(cd / && run --mount /tmp/fsb:fsb -- sh -c "\$fswork" 2>&1 | sed -n 's/^real[[:space:]]*//p' | tr '\n' ' ')
-echo "NESTED-FS ours \$ours"
-call stopVM >/dev/null; kill \$helper; wait \$helper 2>/dev/null; sleep 1
-if [ -n "$qemu_inner" ] && [ -x /usr/lib/qemu/virtiofsd ]; then
-    /usr/lib/qemu/virtiofsd --socket-path=/tmp/vfs.sock -o source=/tmp/fsb -o cache=auto -o sandbox=chroot >/tmp/virtiofsd.log 2>&1 &
-    while [ ! -S /tmp/vfs.sock ]; do sleep 0.1; done
-    # QEMU appends its virtio-mmio arguments to the command line, so the
-    # guest's shell (init) takes its commands from the console, written
-    # once its prompt shows (earlier input is lost while the UART comes up).
-    # microvm's virtio-mmio is legacy by default; virtiofsd refuses legacy.
-    mkfifo /tmp/qemu-in
-    timeout 600 qemu-system-x86_64 -accel kvm -M microvm,acpi=off,memory-backend=mem -global virtio-mmio.force-legacy=false -cpu host -m 256 \
-        -object memory-backend-memfd,id=mem,size=256M,share=on -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-        -kernel /guest/vmlinux -drive id=root,file=/guest/rootfs-minimal.ext4,format=raw,if=none,readonly=on -device virtio-blk-device,drive=root \
-        -chardev socket,id=vfs,path=/tmp/vfs.sock -device vhost-user-fs-device,chardev=vfs,tag=fsb \
-        -append "console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=ext4 quiet init=/bin/sh" \
-        </tmp/qemu-in >/tmp/qemu-fs.log 2>&1 &
-    qemu_fs=\$!
-    exec 3>/tmp/qemu-in
-    n=0; while ! grep -q '^/ # ' /tmp/qemu-fs.log && [ \$n -lt 600 ]; do sleep 0.5; n=\$((n+1)); done
-    printf '%s\n' "mount -t proc p /proc; mount -t tmpfs t /tmp; mkdir /tmp/m; mount -t virtiofs fsb /tmp/m && cd /tmp/m && \$fswork; echo FS-\\\$((1+1))-DONE; reboot -f" >&3
-    wait \$qemu_fs; exec 3>&-
-    echo "NESTED-FS qemu \$(sed -n 's/^real[[:space:]]*//p' /tmp/qemu-fs.log | tr -d '\r' | tr '\n' ' ')"
-    grep -q FS-2-DONE /tmp/qemu-fs.log || { echo "NESTED-ERROR qemu-fs"; tail -20 /tmp/qemu-fs.log; cat /tmp/virtiofsd.log; }
+stamp bench
+# An image update while a VM runs from the old image, as an installed user
+# does it: \`image build\` switches current to a new image and keeps the old
+# one for the running VM, which goes on unaffected; stopVM removes the old
+# one, and the next startVM boots the new one.
+if [ -n "$update_phase" ]; then
+    mkdir -p /tmp/upd
+    upd() { HOME=/tmp/upd COWORK_VM_IMAGE_DIR=/tmp/upd/images /bin/cowork-microvm "\$@"; }
+    ucall() { upd call --socket /tmp/run/u.sock "\$@" 2>&1 | tr -d '\n'; }
+    urun() { timeout 600 /bin/cowork-microvm run --socket /tmp/run/u.sock --name upd "\$@" 2>&1 | tr -d '\r\n'; }
+    build() { upd image build --profile minimal --kernel /guest/vmlinux --agent /guest/cowork-guest >>/tmp/upd-build.log 2>&1 && echo built || echo build-failed; }
+    b1=\$(build); old=\$(readlink -f /tmp/upd/images/current)
+    # Started directly, not through upd: \$! is then the helper itself,
+    # not a subshell that a kill would leave it running behind.
+    HOME=/tmp/upd COWORK_VM_IMAGE_DIR=/tmp/upd/images /bin/cowork-microvm serve --backend kvm --socket /tmp/run/u.sock >/tmp/upd-serve.log 2>&1 &
+    uhelper=\$!
+    until upd call --socket /tmp/run/u.sock isRunning >/dev/null 2>&1; do sleep 0.2; done
+    # \`run\` starts the VM itself, under the desktop profile it names (each
+    # profile has its own session disk), as it does again after stopVM.
+    r1=\$(urun -- sh -c 'echo before > /sessions/upd/kept; cat /sessions/upd/kept')
+    b2=\$(build); new=\$(readlink -f /tmp/upd/images/current)
+    kept=\$([ -d "\$old" ] && echo old-kept || echo old-gone)
+    r2=\$(urun -- cat /sessions/upd/kept)
+    ucall stopVM >/dev/null
+    gone=\$([ -d "\$old" ] && echo old-kept || echo old-gone)
+    r3=\$(urun -- cat /sessions/upd/kept)
+    inuse=\$(upd image list --json | tr -d ' \n' | grep -o "\"path\":\"\$new\"[^}]*" | grep -o '"inUse":[a-z]*')
+    ucall stopVM >/dev/null; kill \$uhelper; reap \$uhelper
+    same=\$([ "\$old" != "\$new" ] && echo new-dir || echo same-dir)
+    echo "NESTED-UPDATE \$b1 \$r1 \$b2 \$same \$kept \$r2 \$gone \$r3 \$inuse"
+    grep -q 'kept old image' /tmp/upd-build.log || { echo NESTED-ERROR update; sed 's/^/NESTED-UPD-LOG /' /tmp/upd-build.log | tail -20; }
+    [ "\$r3" = before ] || sed 's/^/NESTED-UPD-LOG /' /tmp/upd/.config/Claude/logs/cowork_vm_daemon.log | tail -40
 fi
+stamp update
+# The standard image (the default profile) with the real Claude Code CLI:
+# how long it takes to boot, and one agent turn on the kvm backend as the
+# app runs it (installSdk, spawn of /usr/local/bin/claude with stream-json,
+# the user message through writeStdin, stdout events until the result),
+# then one in a session whose egress leaves the mock API out.
+if [ -n "$agent_phase" ]; then
+    HOME=/tmp /bin/cowork-microvm vm boot --kernel /stage/images/vmlinux --rootfs /stage/images/rootfs-standard.ext4 --mem-mib 1024 --until-ready --timeout 300 --json /tmp/vmm-std.json
+    echo; echo "NESTED-RESULT vmmStandard \$(cat /tmp/vmm-std.json)"
+    stamp standard-boot
+    HOME=/stage/home COWORK_VM_IMAGE_DIR=/stage/images COWORK_VM_LOG_FILE=/tmp/agent-helper.log /bin/cowork-microvm serve --backend kvm --socket /tmp/run/a.sock >/tmp/agent-serve.log 2>&1 &
+    ahelper=\$!
+    until /bin/cowork-microvm call --socket /tmp/run/a.sock isRunning >/dev/null 2>&1; do sleep 0.2; done
+    echo "NESTED-AGENT-START \$(/bin/cowork-microvm call --socket /tmp/run/a.sock startVM '{"memoryGB":1,"cpuCount":2}' 2>&1 | tr -d '\n')"
+    timeout 1200 /stage/agent_turn --socket /tmp/run/a.sock --home /stage/home --sdk /stage/home/.local/share/claude-sdk --host api.mock.test >/tmp/agent.json 2>/tmp/agent.err
+    echo "NESTED-AGENT \$(cat /tmp/agent.json)"
+    [ -s /tmp/agent.json ] || sed 's/^/NESTED-AGENT-ERR /' /tmp/agent.err | tail -30
+    echo "NESTED-AGENT-REFUSALS \$(grep -c 'egress denied: api.mock.test' /tmp/agent-helper.log)"
+    /bin/cowork-microvm call --socket /tmp/run/a.sock stopVM >/dev/null 2>&1
+    kill \$ahelper; wait \$ahelper 2>/dev/null
+fi
+stamp agent-turn
+{ busybox ps; busybox free; } 2>&1 | sed 's/^/NESTED-PS /'
 dmesg | grep 'type=1326' | head -40 | sed 's/^/NESTED-SECCOMP /'
-[ -f /tmp/diag.txt ] && sed 's/^/NESTED-DIAG /' /tmp/diag.txt
 echo NESTED-DONE
 poweroff -f
 INIT
@@ -279,20 +416,51 @@ chmod +x "$root/init"
 
 echo "e2e-nested: outer kernel $dep $version (sha256 $deb_sha); booting under QEMU-TCG" >&2
 log=$work/console.log
-timeout 2400 qemu-system-x86_64 -accel tcg -cpu EPYC,+svm -m 2048 -smp 1 -nographic -no-reboot \
-    -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
+# Emulated SVM under multi-threaded TCG now and then takes the outer
+# kernel down (a panic in its exception entry while an inner VM runs: in
+# three of the last eleven runs here, twice in a row once): the
+# emulator's fault, not the helper's. A run that ended in a kernel panic
+# is run again, up to four attempts in all, and the result counts them; a
+# run that failed, hung or timed out is never retried. (The stage disk is
+# a throw-away overlay: each attempt starts from the same state.)
+attempts=0
+while :; do
+    attempts=$((attempts + 1))
+    timeout "$limit" qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC,+svm -m 4096 -smp "$smp" -nographic -no-reboot \
+        "${stage_drive[@]}" -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
+    if [ "$attempts" -lt 4 ] && ! grep -q NESTED-DONE "$log" && grep -q 'Kernel panic' "$log"; then
+        grep -B2 -A1 'Kernel panic' "$log" >&2 || true
+        echo "e2e-nested: the outer kernel panicked after: $(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,'); trying again" >&2
+        continue
+    fi
+    break
+done
 grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
 qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
 bench=$(sed -n 's/^NESTED-BENCH //p' "$log" | tr -d '\r' | head -n1)
-fs() { sed -n "s/^NESTED-FS $1 //p" "$log" | tr -d '\r' | head -n1; }
+vmm_std=$(sed -n 's/.*NESTED-RESULT vmmStandard //p' "$log" | tr -d '\r' | head -n1)
+agent=$(sed -n 's/^NESTED-AGENT //p' "$log" | tr -d '\r' | head -n1)
+refusals=$(sed -n 's/^NESTED-AGENT-REFUSALS //p' "$log" | tr -d '\r' | head -n1)
+update=$(sed -n 's/^NESTED-UPDATE //p' "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g')
 proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"sharedFolder\": {\"files\": $fs_files, \"steps\": \"untar, ls -lR, rm -rf (busybox time, real)\", \"ours\": \"$(fs ours)\", \"qemuVirtiofsd\": \"$(fs qemu)\"}, \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"firstStartVM\": \"$(proto firstStartVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"aPrivate\": \"$(session aPrivate)\", \"confined\": \"$(session confined)\", \"afterForged\": \"$(session afterForged)\", \"roHost\": \"$(session roHost)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\"}}"
+# Each step's end (seconds since the outer boot), in order.
+steps=$(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,' | sed 's/,$//')
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"vmmStandard\": ${vmm_std:-null}, \"agentTurn\": ${agent:-null}, \"agentRefusalLogLines\": \"${refusals}\", \"imageUpdate\": \"${update}\", \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"steps\": \"$steps\", \"attempts\": $attempts, \"benchStuck\": $(grep -q NESTED-BENCH-STUCK "$log" && echo true || echo false), \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"firstStartVM\": \"$(proto firstStartVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"aPrivate\": \"$(session aPrivate)\", \"confined\": \"$(session confined)\", \"afterForged\": \"$(session afterForged)\", \"roHost\": \"$(session roHost)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
     cp "$log" "${result%.json}.console.log"
 fi
+# A run cut off by the time limit (or a crash) says where it stopped,
+# last, where a truncated CI log still shows it.
+if ! grep -q NESTED-DONE "$log"; then
+    tail -40 "$log" >&2
+    why="did not finish within ${limit}s"
+    grep -q 'Kernel panic' "$log" && why="panicked (its kernel's trace is above)"
+    echo "e2e-nested: the outer machine $why (-smp $smp, tcg thread=$tcg_thread); steps done (s since boot): ${steps:-none}" >&2
+    exit 1
+fi
+echo "e2e-nested: done; steps (s since boot): $steps" >&2
 case "$vmm" in *'"ready":true'*) exit 0;; *) tail -40 "$log" >&2; exit 1;; esac

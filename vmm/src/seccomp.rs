@@ -227,6 +227,9 @@ const HELPER: &[libc::c_long] = &[
     libc::SYS_mkdir,
     libc::SYS_newfstatat,
     libc::SYS_open,
+    // Every share is opened beneath the home with RESOLVE_BENEATH and
+    // RESOLVE_NO_SYMLINKS (cowork_backend::resolve).
+    libc::SYS_openat2,
     libc::SYS_pidfd_open,
     libc::SYS_pidfd_send_signal,
     libc::SYS_pipe2,
@@ -643,6 +646,26 @@ mod tests {
                 l.accept().map(|_| ())
             });
             let thread = std::thread::spawn(|| 7).join().ok();
+            // SAFETY: open_how is three integers; zeroes are valid. The
+            // path is a NUL-terminated literal; the descriptor returned is
+            // closed at once.
+            let beneath = unsafe {
+                let mut how: libc::open_how = std::mem::zeroed();
+                how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+                how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+                let fd = libc::syscall(
+                    libc::SYS_openat2,
+                    libc::AT_FDCWD,
+                    c".".as_ptr(),
+                    &how as *const libc::open_how,
+                    std::mem::size_of::<libc::open_how>(),
+                );
+                if fd >= 0 {
+                    libc::close(fd as libc::c_int);
+                }
+                fd >= 0 || errno() == libc::ENOSYS
+            };
+            assert!(beneath, "openat2 beneath a folder: errno {}", errno());
             // The VM's threads confine themselves further under it.
             let stacked = std::thread::spawn(|| install(ThreadRole::Vcpu, Mode::Enforce).is_ok())
                 .join()

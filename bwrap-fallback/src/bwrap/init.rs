@@ -1,160 +1,87 @@
-//! `cowork-microvm sandbox-init`: pid 1 of a bwrap sandbox. It
-//! - forwards TCP connections on the sandbox's own loopback to the egress
-//!   proxy's Unix socket, so `HTTP(S)_PROXY=http://127.0.0.1:3128` works
-//!   in a sandbox that has no network;
-//! - runs the session's command in its own process group and forwards the
-//!   signals `kill` sends it there (pid 1 ignores signals it has no handler
-//!   for, so nothing else would reach the command);
-//! - reaps orphans, and when the command ends, records how it ended in the
-//!   status file (bwrap can only pass on an exit code) and exits, which
-//!   ends every process left in the sandbox's pid namespace.
+//! The sandbox's pid 1, and which binary provides it. The init itself is
+//! the cowork-sandbox-init crate: a small static binary,
+//! `cowork-microvm-sandbox-init`, installed beside the helper (or in the
+//! package's library directory). When it is missing, the helper re-runs
+//! itself as `cowork-microvm sandbox-init`, which runs the same code after
+//! a slower start (a multi-megabyte binary), so a partial install still
+//! works.
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::time::Duration;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
-use tokio::net::{TcpListener, UnixStream};
-use tokio::signal::unix::{signal, SignalKind};
+pub use cowork_sandbox_init::STATUS_PATH;
 
-/// Where init records the command's end, inside the sandbox, in the form
-/// [`crate::process::parse_exit_record`] reads.
-pub const STATUS_PATH: &str = "/run/cowork/status";
+/// The small init's file name beside the helper.
+pub const BINARY: &str = "cowork-microvm-sandbox-init";
+/// Where the .deb installs it, relative to the helper's directory
+/// (/usr/bin/cowork-microvm → /usr/lib/cowork-microvm/sandbox-init).
+const PACKAGED: &str = "../lib/cowork-microvm/sandbox-init";
+/// Where the small init appears inside the sandbox.
+pub const SMALL_PATH: &str = "/run/cowork/sandbox-init";
 
-/// Signals passed on to the command's process group.
-const FORWARDED: [Signal; 9] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGWINCH,
-    Signal::SIGCONT,
-    Signal::SIGTSTP,
-];
-
-/// Pause after a failed accept (EMFILE when the session has used up its
-/// descriptors, ENOBUFS...): doubling from the first to the last, reset by
-/// a successful accept. Retrying at once would spin pid 1 on a core while
-/// the condition lasts.
-const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-fn next_backoff(current: Duration) -> Duration {
-    (current * 2).clamp(ACCEPT_BACKOFF_FIRST, ACCEPT_BACKOFF_MAX)
+/// The binary bwrap starts as pid 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitBinary {
+    /// The small init, at this host path.
+    Small(PathBuf),
+    /// The helper itself, run with the `sandbox-init` subcommand.
+    Helper(PathBuf),
 }
 
-async fn forward(listener: TcpListener, proxy: std::path::PathBuf) {
-    let mut pause = Duration::ZERO;
-    loop {
-        let mut tcp = match listener.accept().await {
-            Ok((tcp, _)) => {
-                pause = Duration::ZERO;
-                tcp
-            }
-            Err(_) => {
-                pause = next_backoff(pause);
-                tokio::time::sleep(pause).await;
-                continue;
-            }
-        };
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            if let Ok(mut unix) = UnixStream::connect(&proxy).await {
-                let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-            }
-        });
+impl InitBinary {
+    /// The host file bound into the sandbox.
+    pub fn host_path(&self) -> &Path {
+        match self {
+            Self::Small(p) | Self::Helper(p) => p,
+        }
+    }
+
+    /// Its path inside the sandbox and the arguments before `--proxy`:
+    /// the command bwrap runs.
+    pub fn command(&self) -> Vec<OsString> {
+        match self {
+            Self::Small(_) => vec![SMALL_PATH.into()],
+            Self::Helper(_) => vec![super::sandbox::INIT_PATH.into(), "sandbox-init".into()],
+        }
     }
 }
 
-fn record(status: &str) {
-    let _ = std::fs::write(STATUS_PATH, status);
+fn is_file(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file())
 }
 
-/// Runs `command` and returns the exit code for this process.
+/// The small init beside `helper_exe` or where the package puts it, else
+/// the helper. Which one is used is logged once.
+pub fn locate(helper_exe: &Path) -> InitBinary {
+    static LOGGED: Once = Once::new();
+    let dir = helper_exe.parent().unwrap_or(Path::new("/"));
+    let found = [dir.join(BINARY), dir.join(PACKAGED)]
+        .into_iter()
+        .find(|p| is_file(p));
+    let init = match found {
+        Some(p) => InitBinary::Small(p),
+        None => InitBinary::Helper(helper_exe.to_path_buf()),
+    };
+    LOGGED.call_once(|| match &init {
+        InitBinary::Small(p) => tracing::info!("bwrap: sandbox init {}", p.display()),
+        InitBinary::Helper(_) => tracing::warn!(
+            "bwrap: no {BINARY} beside {} nor in {}; the sandbox's init is the helper \
+             itself, which starts slower (reinstall to get it)",
+            helper_exe.display(),
+            dir.join(PACKAGED).display()
+        ),
+    });
+    init
+}
+
+/// `cowork-microvm sandbox-init`: the fallback init. Returns the exit code
+/// for this process.
 pub fn main(proxy: &Path, listen: &str, command: &[String]) -> i32 {
-    let Some((program, args)) = command.split_first() else {
-        eprintln!("sandbox-init: no command");
-        return 127;
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sandbox-init: {e}");
-            return 127;
-        }
-    };
-    rt.block_on(async {
-        match TcpListener::bind(listen).await {
-            Ok(l) => {
-                tokio::spawn(forward(l, proxy.to_path_buf()));
-            }
-            Err(e) => eprintln!("cowork sandbox: egress proxy unavailable on {listen}: {e}"),
-        }
-        // Handlers first, so nothing sent after the command starts is lost.
-        let mut streams = Vec::new();
-        for s in FORWARDED {
-            if let Ok(st) = signal(SignalKind::from_raw(s as i32)) {
-                streams.push((s, st));
-            }
-        }
-        let Ok(mut chld) = signal(SignalKind::child()) else {
-            return 127;
-        };
-        let child = match std::process::Command::new(program)
-            .args(args)
-            .process_group(0)
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{program}: {e}");
-                record("exit 127");
-                return 127;
-            }
-        };
-        let pid = Pid::from_raw(child.id() as i32);
-        // The status arrives through waitpid below, not through `child`.
-        std::mem::forget(child);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Signal>();
-        for (sig, mut st) in streams {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while st.recv().await.is_some() {
-                    if tx.send(sig).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        loop {
-            // Reap everything that has ended: the command, and orphans that
-            // were re-parented to us.
-            loop {
-                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::Exited(p, code)) if p == pid => {
-                        record(&format!("exit {code}"));
-                        return code;
-                    }
-                    Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                        record(&format!("signal {}", sig.as_str()));
-                        return 128 + sig as i32;
-                    }
-                    Ok(WaitStatus::StillAlive) | Err(_) => break,
-                    Ok(_) => continue,
-                }
-            }
-            tokio::select! {
-                _ = chld.recv() => {}
-                Some(sig) = rx.recv() => { let _ = killpg(pid, sig); }
-            }
-        }
+    cowork_sandbox_init::run(&cowork_sandbox_init::Options {
+        proxy: proxy.to_path_buf(),
+        listen: listen.to_string(),
+        command: command.iter().map(OsString::from).collect(),
     })
 }
 
@@ -163,13 +90,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_failures_back_off() {
-        let mut d = Duration::ZERO;
-        let mut seen = Vec::new();
-        for _ in 0..10 {
-            d = next_backoff(d);
-            seen.push(d.as_millis());
-        }
-        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+    fn prefers_the_small_init_beside_the_helper_then_the_packaged_one() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let bin = tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("bin");
+        let helper = bin.join("cowork-microvm");
+        std::fs::write(&helper, "").expect("helper");
+        assert_eq!(locate(&helper), InitBinary::Helper(helper.clone()));
+        let lib = tmp.path().join("lib/cowork-microvm");
+        std::fs::create_dir_all(&lib).expect("lib");
+        std::fs::write(lib.join("sandbox-init"), "").expect("packaged");
+        assert_eq!(
+            locate(&helper),
+            InitBinary::Small(bin.join(PACKAGED)),
+            "the package's library directory"
+        );
+        std::fs::write(bin.join(BINARY), "").expect("beside");
+        assert_eq!(locate(&helper), InitBinary::Small(bin.join(BINARY)));
     }
 }

@@ -1,6 +1,7 @@
 //! The bubblewrap backend's parts: the probe, the user's extra mounts, the
 //! environment it inherits, the sandbox command line, and `sandbox-init`, the sandbox's pid 1.
 
+pub mod binds;
 pub mod env;
 pub mod init;
 pub mod probe;

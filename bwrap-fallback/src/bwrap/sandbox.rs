@@ -4,22 +4,23 @@
 //! IPC/UTS/cgroup sharing, no new user namespaces inside.
 
 use std::ffi::{OsStr, OsString};
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cowork_backend::agent::{agent_binary, prepend_path};
-use cowork_backend::api::MountMode;
-use cowork_backend::paths::{parse_guest_path, GuestPlace, HostMount, SessionPaths};
+use cowork_backend::paths::{parse_guest_path, GuestPlace, SessionPaths};
 use cowork_backend::spawn_env::session_env;
 use cowork_backend::{BackendError, Result, SpawnRequest};
 
-use super::user_config::{self, UserMounts};
+use super::user_config;
+use crate::local::HostDirs;
 use crate::process::{Launch, SignalRoute};
 use cowork_egress::listener::EgressListener;
 use cowork_egress::Policy;
 
-/// Where the helper binary (the sandbox's pid 1) and the proxy socket
-/// appear inside the sandbox.
+/// Where the helper binary (the sandbox's pid 1 when the small init is
+/// missing, see init.rs) and the proxy socket appear inside the sandbox.
 pub const INIT_PATH: &str = "/run/cowork/cowork-microvm";
 pub const PROXY_SOCKET: &str = "/run/cowork/egress.sock";
 /// The forwarder's address on the sandbox's own loopback.
@@ -29,7 +30,8 @@ pub const PROXY_LISTEN: &str = "127.0.0.1:3128";
 #[derive(Debug, Clone)]
 pub struct BwrapSetup {
     pub bwrap: PathBuf,
-    /// This binary, run inside as `sandbox-init`.
+    /// This binary: the small init is looked for beside it, and it is run
+    /// inside as `sandbox-init` when that is missing.
     pub helper_exe: PathBuf,
     /// Private directory for the per-process proxy sockets.
     pub runtime_dir: PathBuf,
@@ -78,15 +80,28 @@ fn resolv_dir() -> Option<PathBuf> {
     dir.starts_with("/run").then_some(dir)
 }
 
+/// One bind of a user-controlled path, already opened (backend::resolve):
+/// bwrap mounts the descriptor, never the path, so nothing a session
+/// changes in a shared folder after the check decides what is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdBind {
+    /// A descriptor [`crate::process::Launch::pass_fds`] hands to bwrap.
+    pub fd: RawFd,
+    pub dest: PathBuf,
+    pub ro: bool,
+}
+
 pub struct SandboxPlan<'a> {
     pub session: &'a str,
     pub home: &'a Path,
-    pub mounts: &'a [(String, HostMount)],
-    pub sdk_dir: Option<&'a Path>,
+    /// In mount order: the SDK folder, the session's shares (each
+    /// read-write one followed by its protected paths, read-only), the
+    /// user's own binds.
+    pub binds: &'a [FdBind],
     pub proxy_socket: &'a Path,
     pub status_file: &'a Path,
     pub cwd: &'a str,
-    pub user: &'a UserMounts,
+    pub disabled: &'a [PathBuf],
     pub program: &'a str,
     pub args: &'a [String],
 }
@@ -114,47 +129,29 @@ impl BwrapSetup {
             push!(a, "--disable-userns");
         }
         push!(a, "--hostname", "cowork", "--tmpfs", "/");
-        system_dirs(&mut a, &plan.user.disabled);
+        system_dirs(&mut a, plan.disabled);
         push!(a, "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run");
         if let Some(dir) = resolv_dir() {
             push!(a, "--ro-bind", dir, dir);
         }
         // An empty home: the real one stays invisible.
         push!(a, "--dir", plan.home);
-        if let Some(sdk) = plan.sdk_dir {
-            push!(a, "--ro-bind", sdk, sdk);
+        push!(a, "--dir", format!("/sessions/{}/mnt", plan.session));
+        // In order: bwrap applies binds as listed, so a protected path's
+        // read-only bind lands on top of the share that holds it.
+        for b in plan.binds {
+            let flag = if b.ro { "--ro-bind-fd" } else { "--bind-fd" };
+            push!(a, flag, b.fd.to_string(), b.dest);
         }
-        let mnt = format!("/sessions/{}/mnt", plan.session);
-        push!(a, "--dir", mnt);
-        for (name, m) in plan.mounts {
-            let flag = if m.mode == MountMode::Ro {
-                "--ro-bind"
-            } else {
-                "--bind"
-            };
-            push!(a, flag, m.host, format!("{mnt}/{name}"));
-        }
-        for (src, dst) in &plan.user.ro {
-            push!(a, "--ro-bind", src, dst);
-        }
-        for (src, dst) in &plan.user.rw {
-            push!(a, "--bind", src, dst);
-        }
-        push!(a, "--ro-bind", self.helper_exe, INIT_PATH);
+        let init = super::init::locate(&self.helper_exe);
+        let init_command = init.command();
+        let init_path = init_command.first().map_or(Path::new(INIT_PATH), Path::new);
+        push!(a, "--ro-bind", init.host_path(), init_path);
         push!(a, "--bind", plan.proxy_socket, PROXY_SOCKET);
         push!(a, "--bind", plan.status_file, super::init::STATUS_PATH);
-        push!(a, "--chdir", plan.cwd);
-        push!(
-            a,
-            "--",
-            INIT_PATH,
-            "sandbox-init",
-            "--proxy",
-            PROXY_SOCKET,
-            "--listen",
-            PROXY_LISTEN,
-            "--"
-        );
+        push!(a, "--chdir", plan.cwd, "--");
+        a.extend(init_command);
+        push!(a, "--proxy", PROXY_SOCKET, "--listen", PROXY_LISTEN, "--");
         push!(a, plan.program);
         a.extend(plan.args.iter().map(OsString::from));
         a
@@ -190,11 +187,12 @@ impl BwrapSetup {
         &self,
         sp: &SessionPaths,
         req: &SpawnRequest,
-        home: &Path,
+        dirs: &HostDirs,
         base: Vec<(String, String)>,
         token: Option<&str>,
         sdk: Option<&Path>,
     ) -> Result<Launch> {
+        let home = dirs.home.as_path();
         let cwd = Self::cwd(sp, req.cwd.as_deref())?;
         // The agent runs by its real path: the SDK folder is bound read-only
         // at that same path, so the binary finds itself (/proc/self/exe),
@@ -225,15 +223,16 @@ impl BwrapSetup {
             None => req.command.clone(),
         };
         let sdk_dir = sdk.and_then(Path::parent);
+        let binds =
+            super::binds::open(home, &req.name, sp.mounts, sdk_dir, &user, dirs.protection)?;
         let args = self.args(&SandboxPlan {
             session: &req.name,
             home,
-            mounts: sp.mounts,
-            sdk_dir,
+            binds: &binds.binds,
             proxy_socket: &sock,
             status_file: &status_file,
             cwd: &cwd,
-            user: &user,
+            disabled: &user.disabled,
             program: &program,
             args: &req.args,
         });
@@ -271,6 +270,7 @@ impl BwrapSetup {
             signals: SignalRoute::SandboxInit,
             exit_record: Some(status_file),
             guard: Some(Box::new(listener)),
+            pass_fds: binds.fds,
         })
     }
 }
@@ -298,36 +298,36 @@ mod tests {
 
     #[test]
     fn layout_matches_the_protocol() {
-        let mounts = vec![
-            (
-                "proj".to_string(),
-                HostMount {
-                    host: "/home/a/proj".into(),
-                    mode: MountMode::Rw,
-                },
-            ),
-            (
-                "docs".to_string(),
-                HostMount {
-                    host: "/home/a/docs".into(),
-                    mode: MountMode::Ro,
-                },
-            ),
+        let binds = [
+            FdBind {
+                fd: 7,
+                dest: "/home/a/.sdk/1.0".into(),
+                ro: true,
+            },
+            FdBind {
+                fd: 8,
+                dest: "/sessions/s1/mnt/proj".into(),
+                ro: false,
+            },
+            FdBind {
+                fd: 9,
+                dest: "/sessions/s1/mnt/proj/.bashrc".into(),
+                ro: true,
+            },
+            FdBind {
+                fd: 10,
+                dest: "/sessions/s1/mnt/docs".into(),
+                ro: true,
+            },
         ];
-        let user = UserMounts {
-            ro: vec![("/opt/x".into(), "/x".into())],
-            disabled: vec!["/etc".into()],
-            ..Default::default()
-        };
         let a = strs(&setup().args(&SandboxPlan {
             session: "s1",
             home: Path::new("/home/a"),
-            mounts: &mounts,
-            sdk_dir: Some(Path::new("/home/a/.sdk/1.0")),
+            binds: &binds,
             proxy_socket: Path::new("/run/user/1/c/p1.sock"),
             status_file: Path::new("/run/user/1/c/p1.status"),
             cwd: "/sessions/s1/mnt/proj",
-            user: &user,
+            disabled: &["/etc".into()],
             program: "claude",
             args: &["-p".into(), "hi".into()],
         }));
@@ -339,10 +339,17 @@ mod tests {
             &["--tmpfs", "/"],
             &["--ro-bind", "/usr", "/usr"],
             &["--dir", "/home/a"],
-            &["--ro-bind", "/home/a/.sdk/1.0", "/home/a/.sdk/1.0"],
-            &["--bind", "/home/a/proj", "/sessions/s1/mnt/proj"],
-            &["--ro-bind", "/home/a/docs", "/sessions/s1/mnt/docs"],
-            &["--ro-bind", "/opt/x", "/x"],
+            &["--ro-bind-fd", "7", "/home/a/.sdk/1.0"],
+            // The protected path's bind comes right after its share's.
+            &[
+                "--bind-fd",
+                "8",
+                "/sessions/s1/mnt/proj",
+                "--ro-bind-fd",
+                "9",
+                "/sessions/s1/mnt/proj/.bashrc",
+            ],
+            &["--ro-bind-fd", "10", "/sessions/s1/mnt/docs"],
             &["--chdir", "/sessions/s1/mnt/proj"],
             &["--bind", "/run/user/1/c/p1.sock", PROXY_SOCKET],
             &[
@@ -362,6 +369,10 @@ mod tests {
         assert!(
             !has(&a, &["--ro-bind", "/etc", "/etc"]),
             "disabled default bind"
+        );
+        assert!(
+            !a.iter().any(|x| x.starts_with("/home/a/proj")),
+            "a share goes by descriptor, never by path: {a:?}"
         );
     }
 }

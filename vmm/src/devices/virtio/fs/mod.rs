@@ -10,15 +10,18 @@
 //! from the arguments the server already parsed (so `ro` holds whatever
 //! the guest mounts with, or rewrites in its memory meanwhile), owners can
 //! be mapped onto the session's guest user, and FIFOs and device nodes
-//! cannot be opened.
+//! cannot be opened, and the protected objects of a read-write share (files
+//! a host program later runs or obeys) cannot be changed.
 
 mod budget;
 mod device;
+mod protected;
 mod share_fs;
 mod shares;
 
 pub use budget::FdBudget;
 pub use device::{Fs, VIRTIO_ID_FS};
+pub use protected::{FileId, Protected};
 pub use shares::{ShareError, Shares};
 
 /// The device's tag: what the guest mounts (`mount -t virtiofs cowork`).

@@ -20,6 +20,15 @@
 //!   (ENXIO): a FIFO's open(2) blocks until a writer comes, which would
 //!   stall the device, and a device node would hand the guest a host
 //!   device.
+//! - Protected objects ([`Protected`]): in a read-write share, the files
+//!   and folders the caller named by identity answer EROFS to everything
+//!   that would change them or the entries of a protected folder, and the
+//!   folders on the way to them cannot be renamed or removed. The object
+//!   an operation touches is the inode the library holds for the node id
+//!   (its descriptor's stat), or for a name, what the library's own
+//!   no-follow lookup in the parent finds; no path is resolved again. A
+//!   name cannot come to mean a protected object between that check and
+//!   the operation: moving one (or a folder above it) is what is refused.
 //! - Descriptors: every inode the guest knows and every handle it has open
 //!   holds a descriptor in the library; the layer counts them against the
 //!   VM's [`FdBudget`] and refuses new ones (ENFILE) once it is spent, so a
@@ -44,6 +53,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use libc::{stat64, statvfs64};
 
 use super::budget::FdBudget;
+use super::protected::{FileId, Protected};
 
 /// The share's root inode: the library holds it from mount to the end and
 /// never forgets it, so the guest cannot add to it.
@@ -62,6 +72,7 @@ pub struct Policy {
 pub struct ShareFs {
     inner: PassthroughFs<()>,
     policy: Policy,
+    protected: Protected,
     budget: Arc<FdBudget>,
     held: Mutex<Held>,
 }
@@ -81,10 +92,16 @@ fn err(errno: i32) -> io::Error {
 }
 
 impl ShareFs {
-    pub fn new(inner: PassthroughFs<()>, policy: Policy, budget: Arc<FdBudget>) -> ShareFs {
+    pub fn new(
+        inner: PassthroughFs<()>,
+        policy: Policy,
+        protected: Protected,
+        budget: Arc<FdBudget>,
+    ) -> ShareFs {
         ShareFs {
             inner,
             policy,
+            protected,
             budget,
             held: Mutex::default(),
         }
@@ -178,6 +195,50 @@ impl ShareFs {
         } else {
             Ok(())
         }
+    }
+
+    /// EROFS if `inode` is a protected object (or inside a protected
+    /// folder: those are listed too). For a folder, that also refuses
+    /// making entries in it (mkdir, mknod, symlink, link: a name already
+    /// there fails on the host with EEXIST, as `mkdir -p` expects).
+    fn unprotected(&self, ctx: &Context, inode: u64) -> io::Result<()> {
+        if self.protected.objects.is_empty() {
+            return Ok(());
+        }
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        if self.protected.objects.contains(&FileId::of(&st)) {
+            return Err(err(libc::EROFS));
+        }
+        Ok(())
+    }
+
+    /// EROFS for adding, removing or replacing `name` in `parent` (an
+    /// entry-making call, unlink, rmdir, either end of a rename, a create
+    /// that would open what is there): `parent` is a protected folder,
+    /// or the entry now there is a protected object or a folder on the
+    /// way to one.
+    fn replaceable(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        if self.protected.is_empty() {
+            return Ok(());
+        }
+        self.unprotected(ctx, parent)?;
+        let id = match self.inner.lookup(ctx, parent, name) {
+            Ok(e) if e.inode == 0 => return Ok(()),
+            Ok(e) => {
+                // This lookup was the layer's own, not the guest's: the
+                // library's count goes back at once.
+                self.inner.forget(ctx, e.inode, 1);
+                FileId::of(&e.attr)
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            // Anything else (out of descriptors, ...): not known to be
+            // harmless, so refused with the library's own error.
+            Err(e) => return Err(e),
+        };
+        if self.protected.objects.contains(&id) || self.protected.ancestors.contains(&id) {
+            return Err(err(libc::EROFS));
+        }
+        Ok(())
     }
 
     /// The identity the library serves the request as.
@@ -314,6 +375,7 @@ impl FileSystem for ShareFs {
         mut valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         if let Some((uid, gid)) = self.policy.owner {
             // The mapped owner is all the guest can see or be: chown to
             // it is a no-op, to anyone else refused.
@@ -347,6 +409,7 @@ impl FileSystem for ShareFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), parent)?;
         self.make_entry(|| self.inner.symlink(&self.ctx(ctx), linkname, parent, name))
             .map(|e| self.show_entry(e))
     }
@@ -361,6 +424,7 @@ impl FileSystem for ShareFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         // A device node made by a root helper would be a host device.
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
@@ -382,17 +446,20 @@ impl FileSystem for ShareFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), parent)?;
         self.make_entry(|| self.inner.mkdir(&self.ctx(ctx), parent, name, mode, umask))
             .map(|e| self.show_entry(e))
     }
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        self.replaceable(&self.ctx(ctx), parent, name)?;
         self.inner.unlink(&self.ctx(ctx), parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        self.replaceable(&self.ctx(ctx), parent, name)?;
         self.inner.rmdir(&self.ctx(ctx), parent, name)
     }
 
@@ -408,12 +475,19 @@ impl FileSystem for ShareFs {
         // Both ends are in this share: the Vfs refuses a rename across
         // file systems before it gets here.
         self.writable()?;
+        // Out of and into: the moved entry and whatever it would replace.
+        self.replaceable(&self.ctx(ctx), olddir, oldname)?;
+        self.replaceable(&self.ctx(ctx), newdir, newname)?;
         self.inner
             .rename(&self.ctx(ctx), olddir, oldname, newdir, newname, flags)
     }
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.writable()?;
+        // A second name for a protected file would not let it be written
+        // (writes are checked on the inode), but nothing needs one.
+        self.unprotected(&self.ctx(ctx), inode)?;
+        self.unprotected(&self.ctx(ctx), newparent)?;
         self.make_entry(|| self.inner.link(&self.ctx(ctx), inode, newparent, newname))
             .map(|e| self.show_entry(e))
     }
@@ -425,10 +499,11 @@ impl FileSystem for ShareFs {
         flags: u32,
         fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let ctx = self.ctx(ctx);
         if open_writes(flags) {
             self.writable()?;
+            self.unprotected(&ctx, inode)?;
         }
-        let ctx = self.ctx(ctx);
         self.openable(&ctx, inode)?;
         self.budget.take()?;
         let opened = self.inner.open(&ctx, inode, flags, fuse_flags);
@@ -444,6 +519,9 @@ impl FileSystem for ShareFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.writable()?;
+        // Without O_EXCL the library opens (and may truncate) a file that
+        // is already there.
+        self.replaceable(&self.ctx(ctx), parent, name)?;
         // The handle's descriptor first; the inode's is make_entry's.
         self.budget.take()?;
         let mut rest = None;
@@ -501,6 +579,9 @@ impl FileSystem for ShareFs {
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        // No handle on a protected file is open for writing (open refuses
+        // it); checked again on the inode all the same.
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner.write(
             &self.ctx(ctx),
             inode,
@@ -534,6 +615,7 @@ impl FileSystem for ShareFs {
         length: u64,
     ) -> io::Result<()> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner
             .fallocate(&self.ctx(ctx), inode, handle, mode, offset, length)
     }
@@ -578,6 +660,7 @@ impl FileSystem for ShareFs {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner
             .setxattr(&self.ctx(ctx), inode, name, value, flags)
     }
@@ -598,6 +681,7 @@ impl FileSystem for ShareFs {
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner.removexattr(&self.ctx(ctx), inode, name)
     }
 
@@ -689,6 +773,7 @@ impl FileSystem for ShareFs {
         // A DAX mapping could be writable; the device has no cache window
         // today, so a read-only share simply has none.
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner.setupmapping(
             &self.ctx(ctx),
             inode,
@@ -715,6 +800,7 @@ impl FileSystem for ShareFs {
     fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
         if mask & libc::W_OK as u32 != 0 {
             self.writable()?;
+            self.unprotected(&self.ctx(ctx), inode)?;
         }
         self.inner.access(&self.ctx(ctx), inode, mask)
     }
@@ -784,6 +870,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<IoctlData<'_>> {
         // An ioctl can do anything (FS_IOC_SETFLAGS, ...).
         self.writable()?;
+        self.unprotected(&self.ctx(ctx), inode)?;
         self.inner
             .ioctl(&self.ctx(ctx), inode, handle, flags, cmd, data, out_size)
     }

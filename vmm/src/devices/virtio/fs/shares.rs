@@ -8,6 +8,7 @@ use fuse_backend_rs::api::{Vfs, VfsOptions};
 use fuse_backend_rs::passthrough::{Config, PassthroughFs};
 
 use super::budget::FdBudget;
+use super::protected::Protected;
 use super::share_fs::{Policy, ShareFs};
 
 /// The Vfs numbers its file systems with a byte; keep well inside it.
@@ -79,6 +80,19 @@ impl Shares {
         read_only: bool,
         owner: Option<(u32, u32)>,
     ) -> Result<String, ShareError> {
+        self.add_protected(dir, read_only, owner, Protected::default())
+    }
+
+    /// [`Shares::add`], keeping `protected`'s objects in the share from
+    /// any change the guest asks for (see [`Protected`]; the caller
+    /// takes their identities beneath `dir` just before).
+    pub fn add_protected(
+        &self,
+        dir: &Path,
+        read_only: bool,
+        owner: Option<(u32, u32)>,
+        protected: Protected,
+    ) -> Result<String, ShareError> {
         let shown = dir.display().to_string();
         if !dir.is_dir() {
             return Err(ShareError::NotADirectory(shown));
@@ -117,6 +131,7 @@ impl Shares {
                 Box::new(ShareFs::new(
                     fs,
                     Policy { read_only, owner },
+                    protected,
                     self.budget.clone(),
                 )),
                 &format!("/{name}"),

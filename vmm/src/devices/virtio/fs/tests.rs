@@ -190,6 +190,39 @@ fn cstr(s: &str) -> Vec<u8> {
 
 mod budget;
 mod policy;
+mod protected;
+
+/// The kvm backend imports a folder through the descriptor it opened when
+/// it checked the path (`/proc/self/fd/N/.`): a session that swaps a
+/// folder on the path for a symlink between the check and the import
+/// changes nothing the guest sees.
+#[test]
+fn a_share_imported_through_its_descriptor_keeps_its_folder() {
+    use std::os::fd::AsRawFd;
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::create_dir_all(h.join("proj/work")).unwrap();
+    std::fs::create_dir_all(h.join("secret/work")).unwrap();
+    std::fs::write(h.join("proj/work/mine.txt"), b"mine").unwrap();
+    std::fs::write(h.join("secret/work/key"), b"private").unwrap();
+    let checked = std::fs::File::open(h.join("proj/work")).unwrap();
+    // The session's swap: the folder on the way moved, a symlink in its
+    // place.
+    std::fs::rename(h.join("proj"), h.join("moved")).unwrap();
+    std::os::unix::fs::symlink(h.join("secret"), h.join("proj")).unwrap();
+    let shares = Arc::new(Shares::new());
+    let via = std::path::PathBuf::from(format!("/proc/self/fd/{}/.", checked.as_raw_fd()));
+    let name = shares.add(&via, false, None).unwrap();
+    drop(checked);
+    let mut g = Guest::new(shares);
+    let root = g.lookup(ROOT, &name).unwrap();
+    assert!(g.lookup(root, "mine.txt").is_ok(), "the checked folder");
+    assert_eq!(
+        g.lookup(root, "key"),
+        Err(libc::ENOENT),
+        "not the symlink's"
+    );
+}
 
 #[test]
 fn shares_read_write_and_read_only() {

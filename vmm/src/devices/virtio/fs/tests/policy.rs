@@ -41,13 +41,13 @@ impl Guest {
         self.call(Opcode::Release as u32, node, r.as_slice());
     }
 
-    fn errno(&mut self, opcode: Opcode, node: u64, body: &[u8]) -> i32 {
+    pub(super) fn errno(&mut self, opcode: Opcode, node: u64, body: &[u8]) -> i32 {
         -self.call(opcode as u32, node, body).0.error
     }
 }
 
 /// Everything about a tree that a write could change.
-fn snapshot(dir: &Path) -> Vec<(String, u32, u64, i64, Vec<u8>)> {
+pub(super) fn snapshot(dir: &Path) -> Vec<(String, u32, u64, i64, Vec<u8>)> {
     let mut all = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
