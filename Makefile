@@ -14,8 +14,13 @@ PROFILE ?= standard,minimal
 IMAGE_DIR ?=
 # The guest agent, statically linked (glibc crt-static; no musl toolchain needed).
 AGENT := target/x86_64-unknown-linux-gnu/release/cowork-guest
-# The bwrap sandbox's pid 1, statically linked the same way, beside the helper.
+# The bwrap sandbox's pid 1, beside the helper: static musl when the
+# x86_64-unknown-linux-musl target is installed (rustup target add
+# x86_64-unknown-linux-musl; .ci/run adds it), else static glibc. It starts
+# on every sandboxed spawn, and musl's start is the shorter: about 0.25 ms
+# against 0.6 ms for exec to exit here (no CPU-feature probing at start).
 INIT := target/release/cowork-microvm-sandbox-init
+MUSL := x86_64-unknown-linux-musl
 
 BENCH_FLAGS ?= --quick
 
@@ -29,8 +34,14 @@ build: ## debug build of every crate
 
 release: ## optimized helper binary at target/release/cowork-microvm, and its static sandbox init beside it
 	$(CARGO) build --release
-	# Relinked static (glibc crt-static) in place: it starts on every sandboxed spawn.
-	$(CARGO) rustc --release -p cowork-microvm --bin cowork-microvm-sandbox-init -- -C target-feature=+crt-static
+	# The init replaced in place by a static one (see INIT above).
+	if d=$$(rustc --print target-libdir --target $(MUSL) 2>/dev/null) && test -d "$$d/"; then \
+		$(CARGO) rustc --release -p cowork-sandbox-init --bin cowork-sandbox-init --target $(MUSL) -- -C strip=symbols && \
+		install -m 0755 target/$(MUSL)/release/cowork-sandbox-init $(INIT); \
+	else \
+		echo "release: no $(MUSL) target (rustup target add $(MUSL)): the sandbox init is static glibc, which starts slower"; \
+		$(CARGO) rustc --release -p cowork-microvm --bin cowork-microvm-sandbox-init -- -C target-feature=+crt-static; \
+	fi
 
 agent: ## the static guest agent ($(AGENT))
 	$(CARGO) rustc --release -p cowork-guest --bin cowork-guest --target x86_64-unknown-linux-gnu -- -C target-feature=+crt-static

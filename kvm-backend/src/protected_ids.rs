@@ -7,7 +7,10 @@
 //! inside by its own inode, not through the folder), and so are the folders
 //! on the way from the root, which the server then refuses to rename or
 //! remove. Whatever no longer resolves (removed or swapped for a symlink
-//! since the search) is skipped: it is not there to protect.
+//! since the search) is skipped: it is not there to protect. Anything else
+//! that keeps an object from being taken (no descriptor left, no
+//! permission, a folder nested deeper than [`MAX_CONTENT_DEPTH`]) fails
+//! closed: the share is then exported read-only whole.
 
 use std::ffi::{CStr, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -21,7 +24,8 @@ use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
 /// How deep inside a protected folder its contents are taken (one open
-/// descriptor per level while walking); deeper ones stay unprotected.
+/// descriptor per level while walking); a deeper one makes the share
+/// read-only whole.
 const MAX_CONTENT_DEPTH: usize = 16;
 
 /// The protected objects under `root` (a directory the caller resolved),
@@ -55,7 +59,10 @@ fn take_within(root: &Path, shown: &Path, max_entries: usize) -> Option<Protecte
     };
     let mut budget = max_entries;
     for rel in &found.paths {
-        take_one(&root_fd, rel, &mut out, &mut budget);
+        if let Err(why) = take_one(&root_fd, rel, &mut out, &mut budget) {
+            protected::read_only_instead(shown, &why);
+            return None;
+        }
     }
     if budget == 0 {
         protected::read_only_instead(
@@ -65,6 +72,31 @@ fn take_within(root: &Path, shown: &Path, max_entries: usize) -> Option<Protecte
         return None;
     }
     Some(out)
+}
+
+/// Why an object could not be taken, for the log; the share then goes
+/// read-only whole.
+type Incomplete = String;
+
+/// Whether a failed open or stat means the object is simply not there (any
+/// more) as a plain file or folder: removed, or a component swapped for a
+/// symlink or a non-folder since the search. Everything else (EMFILE,
+/// EACCES, EIO, ...) leaves it unknown, which must not pass as absent.
+fn is_absent(e: nix::Error) -> bool {
+    matches!(
+        e,
+        nix::Error::ENOENT | nix::Error::ELOOP | nix::Error::ENOTDIR
+    )
+}
+
+/// `Ok(None)` for an absent object (see [`is_absent`]), an error for one
+/// that could not be looked at.
+fn present<T>(r: nix::Result<T>, what: &Path) -> Result<Option<T>, Incomplete> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if is_absent(e) => Ok(None),
+        Err(e) => Err(format!("{} could not be examined: {e}", what.display())),
+    }
 }
 
 /// Opens `name` beneath `dir` (or the path itself, with no `dir`) as an
@@ -90,7 +122,12 @@ fn is_dir(st: &FileStat) -> bool {
 
 /// Takes `rel` (relative to `root`) and the folders on its way, if every
 /// component is a plain name and none is a symlink.
-fn take_one(root: &OwnedFd, rel: &Path, out: &mut Protected, budget: &mut usize) {
+fn take_one(
+    root: &OwnedFd,
+    rel: &Path,
+    out: &mut Protected,
+    budget: &mut usize,
+) -> Result<(), Incomplete> {
     let names: Vec<&OsStr> = rel
         .components()
         .map_while(|c| match c {
@@ -98,86 +135,99 @@ fn take_one(root: &OwnedFd, rel: &Path, out: &mut Protected, budget: &mut usize)
             _ => None,
         })
         .collect();
+    // The search only yields plain relative paths; anything else is not
+    // one of its results and names nothing to take.
     let Some((last, dirs)) = names.split_last() else {
-        return;
+        return Ok(());
     };
     if names.len() != rel.components().count() {
-        return;
+        return Ok(());
     }
-    let Ok(root_st) = fstat(root.as_raw_fd()) else {
-        return;
-    };
+    let root_st = fstat(root.as_raw_fd()).map_err(|e| format!("the share's root: {e}"))?;
     let mut ancestors = vec![id(&root_st)];
     let mut at: Option<OwnedFd> = None;
     for name in dirs {
         // O_DIRECTORY with O_NOFOLLOW: a symlink on the way fails here.
-        let Ok(fd) = open_at(Some(at.as_ref().unwrap_or(root)), name, OFlag::O_DIRECTORY) else {
-            return;
+        let opened = open_at(Some(at.as_ref().unwrap_or(root)), name, OFlag::O_DIRECTORY);
+        let Some(fd) = present(opened, rel)? else {
+            return Ok(());
         };
-        let Ok(st) = fstat(fd.as_raw_fd()) else {
-            return;
-        };
+        let st = fstat(fd.as_raw_fd()).map_err(|e| format!("{}: {e}", rel.display()))?;
         ancestors.push(id(&st));
         at = Some(fd);
     }
     let parent = at.as_ref().unwrap_or(root);
-    let Ok(fd) = open_at(Some(parent), last, OFlag::empty()) else {
-        return;
+    let Some(fd) = present(open_at(Some(parent), last, OFlag::empty()), rel)? else {
+        return Ok(());
     };
-    let Ok(st) = fstat(fd.as_raw_fd()) else {
-        return;
-    };
+    let st = fstat(fd.as_raw_fd()).map_err(|e| format!("{}: {e}", rel.display()))?;
     if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() {
-        return;
+        return Ok(());
     }
     out.ancestors.extend(ancestors);
     out.objects.insert(id(&st));
     if is_dir(&st) {
-        take_contents(&fd, 0, out, budget);
+        take_contents(&fd, rel, 0, out, budget)?;
     }
+    Ok(())
 }
 
 /// Takes everything inside the folder `dir`, depth first (so at most
 /// [`MAX_CONTENT_DEPTH`] descriptors are open), within `budget` entries.
-fn take_contents(dir: &OwnedFd, depth: usize, out: &mut Protected, budget: &mut usize) {
+/// `path` (relative to the share) names `dir` in the log.
+fn take_contents(
+    dir: &OwnedFd,
+    path: &Path,
+    depth: usize,
+    out: &mut Protected,
+    budget: &mut usize,
+) -> Result<(), Incomplete> {
     if depth >= MAX_CONTENT_DEPTH {
-        return;
+        return Err(format!(
+            "{} nests folders deeper than {MAX_CONTENT_DEPTH}",
+            path.display()
+        ));
     }
     // An O_PATH descriptor cannot be listed: "." beneath it opens the same
     // folder for reading.
-    let Ok(mut listing) = Dir::openat(
+    let listing = Dir::openat(
         Some(dir.as_raw_fd()),
         ".",
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
-    ) else {
-        return;
+    );
+    let Some(mut listing) = present(listing, path)? else {
+        return Ok(());
     };
     let mut subdirs = Vec::new();
     for entry in listing.iter() {
-        let Ok(entry) = entry else { continue };
+        let entry = entry.map_err(|e| format!("{} could not be listed: {e}", path.display()))?;
         let name: &CStr = entry.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
         if *budget == 0 {
-            return;
+            return Ok(());
         }
         *budget -= 1;
-        let Ok(st) = fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+        let name_os = OsStr::from_bytes(name.to_bytes());
+        let st = fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW);
+        let Some(st) = present(st, &path.join(name_os))? else {
             continue;
         };
         out.objects.insert(id(&st));
         if is_dir(&st) {
-            subdirs.push(OsStr::from_bytes(name.to_bytes()).to_owned());
+            subdirs.push(name_os.to_owned());
         }
     }
     drop(listing);
     for name in subdirs {
-        if let Ok(fd) = open_at(Some(dir), &name, OFlag::O_DIRECTORY) {
-            take_contents(&fd, depth + 1, out, budget);
+        let sub = path.join(&name);
+        if let Some(fd) = present(open_at(Some(dir), &name, OFlag::O_DIRECTORY), &sub)? {
+            take_contents(&fd, &sub, depth + 1, out, budget)?;
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -288,5 +338,31 @@ mod tests {
             take_within(d.path(), d.path(), 100).unwrap().objects.len(),
             31
         );
+    }
+
+    #[test]
+    fn contents_nested_too_deep_to_take_make_the_share_read_only() {
+        let d = tempfile::tempdir().unwrap();
+        let deep: String = (0..MAX_CONTENT_DEPTH).map(|i| format!("/d{i}")).collect();
+        write(d.path(), &format!(".git/hooks{deep}/post-checkout"));
+        assert!(take(d.path(), d.path()).is_none());
+        // One level less is taken whole, down to the last file.
+        let d = tempfile::tempdir().unwrap();
+        let shallower: String = (1..MAX_CONTENT_DEPTH).map(|i| format!("/d{i}")).collect();
+        write(d.path(), &format!(".git/hooks{shallower}/post-checkout"));
+        let p = take(d.path(), d.path()).unwrap();
+        let file = format!(".git/hooks{shallower}/post-checkout");
+        assert!(p.objects.is_superset(&ids(d.path(), &[file.as_str()])));
+    }
+
+    #[test]
+    fn only_absence_counts_as_nothing_to_take() {
+        assert!(is_absent(nix::Error::ENOENT));
+        assert!(is_absent(nix::Error::ELOOP));
+        assert!(!is_absent(nix::Error::EMFILE));
+        assert!(!is_absent(nix::Error::EACCES));
+        let gone = present::<()>(Err(nix::Error::ENOENT), Path::new("x"));
+        assert_eq!(gone, Ok(None));
+        assert!(present::<()>(Err(nix::Error::EMFILE), Path::new("x")).is_err());
     }
 }

@@ -147,12 +147,15 @@ strace_prefix=""
 # The outer machine: NESTED_SMP vCPUs (default 2) under multi-threaded TCG
 # (NESTED_TCG_THREAD=single for the round-robin one): the inner guest's
 # vCPUs and the helper's device threads then run side by side, and a whole
-# run takes minutes instead of most of an hour. Given up after
-# NESTED_TIMEOUT seconds (default 1500; a normal run takes under ten
-# minutes on two cores).
+# run takes minutes instead of most of an hour. All attempts together are
+# given up after NESTED_TIMEOUT seconds (default 2400; a normal run takes
+# under ten minutes on two cores); an outer machine that has printed
+# nothing, not even its heartbeat, for NESTED_FROZEN seconds (default 180)
+# is taken as frozen.
 smp=${NESTED_SMP:-2}
-limit=${NESTED_TIMEOUT:-1500}
-case "$smp$limit" in *[!0-9]*) echo "e2e-nested: NESTED_SMP and NESTED_TIMEOUT must be numbers" >&2; exit 2 ;; esac
+limit=${NESTED_TIMEOUT:-2400}
+frozen_after=${NESTED_FROZEN:-180}
+case "$smp$limit$frozen_after" in *[!0-9]*) echo "e2e-nested: NESTED_SMP, NESTED_TIMEOUT and NESTED_FROZEN must be numbers" >&2; exit 2 ;; esac
 tcg_thread=${NESTED_TCG_THREAD:-multi}
 case $tcg_thread in single|multi) ;; *) echo "e2e-nested: NESTED_TCG_THREAD is single or multi" >&2; exit 2 ;; esac
 if [ -n "${NESTED_STRACE:-}" ] && command -v strace >/dev/null; then
@@ -187,7 +190,37 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 # Where the time goes: each step's end, in seconds since the outer boot.
-stamp() { echo "NESTED-TIME \$1 \$(cut -d' ' -f1 /proc/uptime)"; }
+stamp() { echo "NESTED-TIME \$1 \$(cut -d' ' -f1 /proc/uptime)"; echo "after-\$1" >/tmp/step; }
+echo start >/tmp/step
+# Liveness, so the host side can tell a frozen outer machine (nothing in it
+# runs: the emulator's or its kernel's fault) from a stuck step (the rest
+# of the machine runs on: ours to explain): a beat every 15 s naming the
+# step in progress, and once a step has run for 240 s, where every thread
+# of the helpers, inner QEMUs and the agent driver waits (state, kernel
+# wait channel, syscall, kernel stack), once per step. A step still
+# running after 900 s ends the run (no step takes a tenth of that here).
+(
+    last=; since=0; told=
+    while :; do
+        sleep 15
+        s=\$(cat /tmp/step)
+        echo "NESTED-BEAT \$(cut -d' ' -f1 /proc/uptime) \$s"
+        if [ "\$s" != "\$last" ]; then last=\$s; since=0; told=; else since=\$((since + 15)); fi
+        if [ \$since -ge 900 ]; then
+            echo "NESTED-STUCK \$s has run for 900 s with the machine alive; stopping it"
+            poweroff -f
+        fi
+        [ \$since -ge 240 ] && [ -z "\$told" ] || continue
+        told=1
+        for p in /proc/[0-9]*; do
+            case "\$(cat \$p/comm 2>/dev/null)" in cowork-microvm|qemu-system-x86|agent_turn|bwrap|cowork-sandbox*) ;; *) continue ;; esac
+            for t in \$p/task/*; do
+                echo "NESTED-WATCH \$s \${p#/proc/} \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
+                head -12 \$t/stack | sed 's/^/NESTED-WATCH   /'
+            done
+        done 2>/dev/null
+    done
+) &
 for m in irqbypass kvm kvm-amd; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
 if [ -n "$agent_phase" ]; then
     for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk; do insmod /lib/cowork/\$m.ko || echo "NESTED-ERROR insmod \$m"; done
@@ -398,7 +431,7 @@ if [ -n "$agent_phase" ]; then
     ahelper=\$!
     until /bin/cowork-microvm call --socket /tmp/run/a.sock isRunning >/dev/null 2>&1; do sleep 0.2; done
     echo "NESTED-AGENT-START \$(/bin/cowork-microvm call --socket /tmp/run/a.sock startVM '{"memoryGB":1,"cpuCount":2}' 2>&1 | tr -d '\n')"
-    timeout 1200 /stage/agent_turn --socket /tmp/run/a.sock --home /stage/home --sdk /stage/home/.local/share/claude-sdk --host api.mock.test >/tmp/agent.json 2>/tmp/agent.err
+    timeout 800 /stage/agent_turn --socket /tmp/run/a.sock --home /stage/home --sdk /stage/home/.local/share/claude-sdk --host api.mock.test >/tmp/agent.json 2>/tmp/agent.err
     echo "NESTED-AGENT \$(cat /tmp/agent.json)"
     [ -s /tmp/agent.json ] || sed 's/^/NESTED-AGENT-ERR /' /tmp/agent.err | tail -30
     echo "NESTED-AGENT-REFUSALS \$(grep -c 'egress denied: api.mock.test' /tmp/agent-helper.log)"
@@ -417,25 +450,53 @@ chmod +x "$root/init"
 echo "e2e-nested: outer kernel $dep $version (sha256 $deb_sha); booting under QEMU-TCG" >&2
 log=$work/console.log
 # Emulated SVM under multi-threaded TCG now and then takes the outer
-# kernel down (a panic in its exception entry while an inner VM runs: in
-# three of the last eleven runs here, twice in a row once): the
-# emulator's fault, not the helper's. A run that ended in a kernel panic
-# is run again, up to four attempts in all, and the result counts them; a
-# run that failed, hung or timed out is never retried. (The stage disk is
-# a throw-away overlay: each attempt starts from the same state.)
+# machine down: its kernel panics in its exception entry while an inner VM
+# runs (three of eleven runs here, twice in a row once), or the whole
+# machine stops, heartbeat included (once in CI, after the image update).
+# Neither is the helper's doing: nothing of ours runs in the outer kernel,
+# and a step of ours that hangs leaves the heartbeat going. An attempt that
+# ended either way is run again, up to four in all, while time is left;
+# the result counts the attempts and says why each was repeated. A run that
+# failed, or hung with its heartbeat going, is never retried. (The stage
+# disk is a throw-away overlay: each attempt starts from the same state.)
+deadline=$((SECONDS + limit))
 attempts=0
+retried=""
 while :; do
     attempts=$((attempts + 1))
-    timeout "$limit" qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC,+svm -m 4096 -smp "$smp" -nographic -no-reboot \
-        "${stage_drive[@]}" -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 || true
-    if [ "$attempts" -lt 4 ] && ! grep -q NESTED-DONE "$log" && grep -q 'Kernel panic' "$log"; then
-        grep -B2 -A1 'Kernel panic' "$log" >&2 || true
-        echo "e2e-nested: the outer kernel panicked after: $(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,'); trying again" >&2
-        continue
-    fi
-    break
+    qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC,+svm -m 4096 -smp "$smp" -nographic -no-reboot \
+        "${stage_drive[@]}" -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 &
+    qpid=$!
+    ended=""
+    size=-1
+    quiet=0
+    while kill -0 "$qpid" 2>/dev/null; do
+        sleep 5
+        now=$(stat -c %s "$log")
+        if [ "$now" = "$size" ]; then quiet=$((quiet + 5)); else size=$now; quiet=0; fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            ended=timeout
+        elif [ "$quiet" -ge "$frozen_after" ] && grep -q NESTED-BEAT "$log"; then
+            ended=frozen
+        else
+            continue
+        fi
+        kill "$qpid" 2>/dev/null || true
+        for _ in $(seq 20); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.5; done
+        kill -9 "$qpid" 2>/dev/null || true
+        break
+    done
+    wait "$qpid" 2>/dev/null || true
+    grep -q NESTED-DONE "$log" && break
+    if [ "$ended" != frozen ] && grep -q 'Kernel panic' "$log"; then ended=panic; fi
+    case $ended in panic|frozen) ;; *) break ;; esac
+    [ "$attempts" -lt 4 ] && [ $((deadline - SECONDS)) -ge 300 ] || break
+    cp "$log" "$work/console.attempt$attempts.log"
+    if [ "$ended" = panic ]; then grep -B2 -A1 'Kernel panic' "$log" >&2 || true; else tail -5 "$log" >&2; fi
+    echo "e2e-nested: attempt $attempts: the outer machine $( [ "$ended" = panic ] && echo "panicked" || echo "froze (nothing printed for ${frozen_after}s, heartbeat included)") after: $(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,'); trying again" >&2
+    retried="$retried${retried:+,}$ended"
 done
-grep -E "NESTED|cowork-guest|vm boot" "$log" >&2 || true
+grep -E "NESTED|cowork-guest|vm boot" "$log" | grep -v NESTED-BEAT >&2 || true
 vmm=$(sed -n 's/.*NESTED-RESULT vmm //p' "$log" | tr -d '\r' | head -n1)
 qemu=$(sed -n 's/.*NESTED-RESULT qemu //p' "$log" | tr -d '\r' | head -n1)
 bench=$(sed -n 's/^NESTED-BENCH //p' "$log" | tr -d '\r' | head -n1)
@@ -447,7 +508,7 @@ proto() { sed -n "s/^NESTED-PROTO $1 //p" "$log" | tr -d '\r' | head -n1; }
 session() { sed -n "s/^NESTED-SESSION $1 //p" "$log" | tr -d '\r' | head -n1 | sed 's/"/\\"/g'; }
 # Each step's end (seconds since the outer boot), in order.
 steps=$(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,' | sed 's/,$//')
-summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"vmmStandard\": ${vmm_std:-null}, \"agentTurn\": ${agent:-null}, \"agentRefusalLogLines\": \"${refusals}\", \"imageUpdate\": \"${update}\", \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"steps\": \"$steps\", \"attempts\": $attempts, \"benchStuck\": $(grep -q NESTED-BENCH-STUCK "$log" && echo true || echo false), \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"firstStartVM\": \"$(proto firstStartVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"aPrivate\": \"$(session aPrivate)\", \"confined\": \"$(session confined)\", \"afterForged\": \"$(session afterForged)\", \"roHost\": \"$(session roHost)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\"}}"
+summary="{\"outerKernel\": \"$dep\", \"outerVersion\": \"$version\", \"outerDebSha256\": \"$deb_sha\", \"emulated\": true, \"vmm\": ${vmm:-null}, \"vmmStandard\": ${vmm_std:-null}, \"agentTurn\": ${agent:-null}, \"agentRefusalLogLines\": \"${refusals}\", \"imageUpdate\": \"${update}\", \"qemu\": ${qemu:-null}, \"bench\": ${bench:-null}, \"steps\": \"$steps\", \"attempts\": $attempts, \"retriedAfter\": \"$retried\", \"benchStuck\": $(grep -q NESTED-BENCH-STUCK "$log" && echo true || echo false), \"protocol\": {\"startVM\": \"$(proto startVM | sed 's/"/\\"/g')\", \"firstStartVM\": \"$(proto firstStartVM | sed 's/"/\\"/g')\", \"isRunning\": \"$(proto isRunning | sed 's/"/\\"/g')\", \"isRunningAfterStop\": \"$(proto isRunningAfterStop | sed 's/"/\\"/g')\", \"isGuestConnected\": \"$(proto isGuestConnected | sed 's/"/\\"/g')\"}, \"sessions\": {\"echo\": \"$(session echo)\", \"stdin\": \"$(session stdin)\", \"bulk\": \"$(session bulk)\", \"home\": \"$(session home)\", \"cpus\": \"$(session cpus)\", \"diskInfo\": \"$(session diskInfo)\", \"rw\": \"$(session rw)\", \"ro\": \"$(session ro)\", \"egressAllowed\": \"$(session egressAllowed)\", \"egressRefused\": \"$(session egressRefused)\", \"egressDirect\": \"$(session egressDirect)\", \"persisted\": \"$(session persisted)\", \"aPrivate\": \"$(session aPrivate)\", \"confined\": \"$(session confined)\", \"afterForged\": \"$(session afterForged)\", \"roHost\": \"$(session roHost)\", \"restart\": \"$(session restart)\", \"killed\": \"$(session killed)\", \"readFile\": \"$(session readFile)\"}}"
 echo "$summary"
 if [ -n "$result" ]; then
     echo "$summary" > "$result"
@@ -457,8 +518,10 @@ fi
 # last, where a truncated CI log still shows it.
 if ! grep -q NESTED-DONE "$log"; then
     tail -40 "$log" >&2
-    why="did not finish within ${limit}s"
+    why="did not finish within ${limit}s (all attempts together)"
+    [ "$ended" = frozen ] && why="froze (nothing printed for ${frozen_after}s, heartbeat included) on each of $attempts attempts"
     grep -q 'Kernel panic' "$log" && why="panicked (its kernel's trace is above)"
+    grep -q NESTED-STUCK "$log" && why="had a step stuck (NESTED-WATCH lines above say where)"
     echo "e2e-nested: the outer machine $why (-smp $smp, tcg thread=$tcg_thread); steps done (s since boot): ${steps:-none}" >&2
     exit 1
 fi
