@@ -245,6 +245,10 @@ pub struct BenchArgs {
     /// --quick, else 1024].
     #[arg(long, value_name = "MIB")]
     pub big_mib: Option<usize>,
+    /// Stdout throughput runs and cold starts per backend: more give a
+    /// steadier median on a noisy machine [default: 2 with --quick, else 5].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub repeats: Option<u16>,
     /// Also write the results as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

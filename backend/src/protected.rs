@@ -97,10 +97,12 @@ pub enum Protection {
 pub struct Found {
     /// Existing protected paths, relative to the root, shallowest first.
     pub paths: Vec<PathBuf>,
-    /// The search stopped at [`MAX_ENTRIES`]: deeper folders were not seen.
-    /// A backend then cannot tell what in the share to protect, and shares
-    /// it read-only whole (see [`read_only_instead`]).
-    pub truncated: bool,
+    /// Why the search could not see the whole share, if it could not: it
+    /// stopped at [`MAX_ENTRIES`], or the share's root or an entry could not
+    /// be read (a session can make its own folders unreadable). A backend
+    /// then cannot tell what in the share to protect, and shares it
+    /// read-only whole (see [`read_only_instead`]).
+    pub incomplete: Option<String>,
 }
 
 /// The log line of a read-write share kept read-only whole because its
@@ -154,14 +156,17 @@ pub fn find_within(root: &Path, max_entries: usize) -> Found {
         };
         for entry in entries {
             if budget == 0 {
-                found.truncated = true;
+                found.out_of_budget(max_entries);
                 return found;
             }
             budget -= 1;
-            let Ok(entry) = entry else { continue };
             // The entry's own type: a symlink to a folder is not a folder.
-            let Ok(kind) = entry.file_type() else {
-                continue;
+            let (kind, entry) = match entry.and_then(|e| Ok((e.file_type()?, e))) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    found.unreadable(&rel, &e);
+                    continue;
+                }
             };
             let name = entry.file_name();
             if kind.is_dir() && !skipped(&name) {
@@ -212,16 +217,26 @@ fn listed(
     if !is_real_entry(root, dir) {
         return out;
     }
-    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-        return out;
+    let entries = match std::fs::read_dir(root.join(dir)) {
+        Ok(entries) => entries,
+        Err(e) if gone(&e) => return out,
+        Err(_) => {
+            found.add_blocked(dir.to_path_buf());
+            return out;
+        }
     };
     for entry in entries {
         if *budget == 0 {
-            found.truncated = true;
+            found.incomplete.get_or_insert_with(|| {
+                "the protected-path search ran out of its entry budget".into()
+            });
             break;
         }
         *budget -= 1;
-        out.extend(entry.ok());
+        match entry {
+            Ok(e) => out.push(e),
+            Err(e) => found.unreadable(dir, &e),
+        }
     }
     out
 }
@@ -369,13 +384,32 @@ impl Found {
     /// A folder the search could not read (a session can make one of its
     /// own unreadable) is kept as it is, read-only as a whole: what it
     /// hides cannot then be changed either, and its permissions cannot be
-    /// given back from inside. The share's root itself is not taken (its
-    /// owner would find the whole share read-only; the root's permissions
-    /// are the user's, set before the share was made).
+    /// given back from inside. The share's root cannot be kept read-only
+    /// that way on its own: the search is incomplete, and the whole share
+    /// goes read-only.
     fn add_blocked(&mut self, folder: PathBuf) {
-        if !folder.as_os_str().is_empty() && !self.paths.contains(&folder) {
+        if folder.as_os_str().is_empty() {
+            self.incomplete
+                .get_or_insert_with(|| "its folder could not be read".into());
+        } else if !self.paths.contains(&folder) {
             self.paths.push(folder);
         }
+    }
+
+    fn out_of_budget(&mut self, max_entries: usize) {
+        self.incomplete.get_or_insert_with(|| {
+            format!("the protected-path search stops at {max_entries} entries")
+        });
+    }
+
+    /// An entry of `dir` that could not be read: what it is, and so what
+    /// it hides, is unknown (unless it was just removed).
+    fn unreadable(&mut self, dir: &Path, e: &std::io::Error) {
+        if gone(e) {
+            return;
+        }
+        self.incomplete
+            .get_or_insert_with(|| format!("an entry in {:?} could not be read ({e})", dir));
     }
 }
 
@@ -420,7 +454,7 @@ mod tests {
                 "a/b/c/.mcp.json"
             ]
         );
-        assert!(!f.truncated);
+        assert!(f.incomplete.is_none());
     }
 
     #[test]
@@ -499,14 +533,26 @@ mod tests {
         let mode = |p: &str, m: u32| {
             std::fs::set_permissions(r.join(p), std::fs::Permissions::from_mode(m)).unwrap()
         };
+        touch(r, "sub/.git/modules/m/hooks/post-checkout");
         mode("repo/.git", 0o000);
         mode("deep", 0o300); // searchable, not listable
         mode("cl/.claude", 0o600); // listable, not searchable
-        let got = find(r).paths;
-        for p in ["repo/.git", "deep", "cl/.claude"] {
+        mode("sub/.git/modules", 0o000);
+        let got = find(r);
+        // The share's root itself unreadable: nothing under it can be
+        // vouched for, so the search is incomplete (the share goes
+        // read-only whole).
+        mode("", 0o000);
+        let root_hidden = find(r);
+        for p in ["", "repo/.git", "deep", "cl/.claude", "sub/.git/modules"] {
             mode(p, 0o755);
         }
-        assert_finds(&got, &["repo/.git", "deep", "cl/.claude"]);
+        assert_eq!(got.incomplete, None);
+        assert_finds(
+            &got.paths,
+            &["repo/.git", "deep", "cl/.claude", "sub/.git/modules"],
+        );
+        assert!(root_hidden.incomplete.is_some(), "{root_hidden:?}");
     }
 
     #[test]
@@ -564,14 +610,14 @@ mod tests {
         }
         touch(r, "wide2/deeper/.profile");
         let f = find(r);
-        assert!(f.truncated);
+        assert!(f.incomplete.is_some());
         // The same stop, with a smaller budget.
         let d = tempfile::tempdir().unwrap();
         let r = d.path();
         for i in 0..20 {
             touch(r, &format!("d{i}/.bashrc"));
         }
-        assert!(find_within(r, 10).truncated);
-        assert!(!find_within(r, 100).truncated);
+        assert!(find_within(r, 10).incomplete.is_some());
+        assert!(find_within(r, 100).incomplete.is_none());
     }
 }

@@ -41,11 +41,8 @@ pub fn take(root: &Path, shown: &Path) -> Option<Protected> {
 fn take_within(root: &Path, shown: &Path, max_entries: usize) -> Option<Protected> {
     let mut out = Protected::default();
     let found = protected::find_within(root, max_entries);
-    if found.truncated {
-        protected::read_only_instead(
-            shown,
-            &format!("the protected-path search stops at {max_entries} entries"),
-        );
+    if let Some(why) = &found.incomplete {
+        protected::read_only_instead(shown, why);
         return None;
     }
     if found.paths.is_empty() {
@@ -135,13 +132,13 @@ fn take_one(
             _ => None,
         })
         .collect();
-    // The search only yields plain relative paths; anything else is not
-    // one of its results and names nothing to take.
+    // The search only yields plain relative paths: anything else cannot be
+    // taken, and so is not passed over as if it had been.
     let Some((last, dirs)) = names.split_last() else {
-        return Ok(());
+        return Err(format!("{:?} is not a path beneath the share", rel));
     };
     if names.len() != rel.components().count() {
-        return Ok(());
+        return Err(format!("{:?} is not a path beneath the share", rel));
     }
     let root_st = fstat(root.as_raw_fd()).map_err(|e| format!("the share's root: {e}"))?;
     let mut ancestors = vec![id(&root_st)];
@@ -163,6 +160,12 @@ fn take_one(
     let st = fstat(fd.as_raw_fd()).map_err(|e| format!("{}: {e}", rel.display()))?;
     if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits() {
         return Ok(());
+    }
+    // The folder holding a repository's config or hooks is its git folder:
+    // git would obey names made there (see GIT_DIR_RESERVED).
+    let in_git = rel.components().any(|c| c.as_os_str() == ".git");
+    if in_git && (*last == "config" || *last == "hooks") {
+        out.git_dirs.extend(ancestors.last().copied());
     }
     out.ancestors.extend(ancestors);
     out.objects.insert(id(&st));
@@ -280,6 +283,8 @@ mod tests {
             )
         );
         assert_eq!(p.ancestors, ids(r, &["", ".git", "sub"]));
+        // The repository's git folder, where a new commondir is refused.
+        assert_eq!(p.git_dirs, ids(r, &[".git"]));
     }
 
     #[test]

@@ -355,7 +355,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         Profile {
             iterations: args.iterations.unwrap_or(30),
             mib: args.output_mib.unwrap_or(16),
-            repeats: 2,
+            repeats: args.repeats.map_or(2, usize::from),
             sessions: 10,
             files: args.files.unwrap_or(1000),
             big_mib: args.big_mib.unwrap_or(64),
@@ -365,7 +365,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         Profile {
             iterations: args.iterations.unwrap_or(200),
             mib: args.output_mib.unwrap_or(256),
-            repeats: 5,
+            repeats: args.repeats.map_or(5, usize::from),
             sessions: 50,
             files: args.files.unwrap_or(5000),
             big_mib: args.big_mib.unwrap_or(1024),
@@ -373,8 +373,8 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         }
     };
     let (iterations, mib) = (p.iterations, p.mib);
-    if iterations == 0 || mib == 0 || p.files == 0 || p.big_mib == 0 {
-        bail!("--iterations, --output-mib, --files and --big-mib must be at least 1");
+    if iterations == 0 || mib == 0 || p.files == 0 || p.big_mib == 0 || p.repeats == 0 {
+        bail!("--iterations, --output-mib, --files, --big-mib and --repeats must be at least 1");
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -434,6 +434,7 @@ pub fn main(args: BenchArgs) -> Result<i32> {
         "sessions": p.sessions,
         "files": p.files,
         "bigFileMiB": p.big_mib,
+        "repeats": p.repeats,
         "spawnFloorMs": floor,
         "results": results,
     });

@@ -52,6 +52,9 @@ trap 'rm -rf "$work"' EXIT
 dpkg-deb -x "$deb" "$work/outer"
 vmlinuz=$(ls "$work"/outer/boot/vmlinuz-*)
 kmods=$(ls -d "$work"/outer/lib/modules/*/kernel)
+# The outer kernel's release, as its oops lines name it ("Not tainted
+# 6.1.0-…"): how a panic of the outer kernel is told from the inner guest's.
+outer_release=$(basename "$(dirname "$kmods")")
 
 # The outer machine's initramfs.
 root=$work/initramfs
@@ -156,7 +159,17 @@ smp=${NESTED_SMP:-2}
 limit=${NESTED_TIMEOUT:-2400}
 frozen_after=${NESTED_FROZEN:-180}
 case "$smp$limit$frozen_after" in *[!0-9]*) echo "e2e-nested: NESTED_SMP, NESTED_TIMEOUT and NESTED_FROZEN must be numbers" >&2; exit 2 ;; esac
+# The heartbeat comes every 15 s: anything shorter would take a live machine
+# for a frozen one.
+[ "$frozen_after" -ge 30 ] || { echo "e2e-nested: NESTED_FROZEN must be at least 30" >&2; exit 2; }
 tcg_thread=${NESTED_TCG_THREAD:-multi}
+# The outer kernel's extra command line (NESTED_OUTER_CMDLINE; default
+# mitigations=off): it is a throw-away machine under emulation, and its
+# speculative-execution mitigations add MSR writes and return-stack
+# untraining to every kernel entry and VM exit (error_entry, where its
+# panics were, included), all emulated instruction by instruction.
+outer_cmdline=${NESTED_OUTER_CMDLINE-mitigations=off}
+case $outer_cmdline in *[!a-zA-Z0-9=,._\ -]*) echo "e2e-nested: NESTED_OUTER_CMDLINE holds an unexpected character" >&2; exit 2 ;; esac
 case $tcg_thread in single|multi) ;; *) echo "e2e-nested: NESTED_TCG_THREAD is single or multi" >&2; exit 2 ;; esac
 if [ -n "${NESTED_STRACE:-}" ] && command -v strace >/dev/null; then
     copy_with_libs "$(command -v strace)" /usr/bin/strace
@@ -213,7 +226,7 @@ echo start >/tmp/step
         [ \$since -ge 240 ] && [ -z "\$told" ] || continue
         told=1
         for p in /proc/[0-9]*; do
-            case "\$(cat \$p/comm 2>/dev/null)" in cowork-microvm|qemu-system-x86|agent_turn|bwrap|cowork-sandbox*) ;; *) continue ;; esac
+            case "\$(cat \$p/comm 2>/dev/null)" in cowork-microvm|qemu-system-x86|agent_turn|bwrap|sandbox-init) ;; *) continue ;; esac
             for t in \$p/task/*; do
                 echo "NESTED-WATCH \$s \${p#/proc/} \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
                 head -12 \$t/stack | sed 's/^/NESTED-WATCH   /'
@@ -429,8 +442,10 @@ if [ -n "$agent_phase" ]; then
     stamp standard-boot
     HOME=/stage/home COWORK_VM_IMAGE_DIR=/stage/images COWORK_VM_LOG_FILE=/tmp/agent-helper.log /bin/cowork-microvm serve --backend kvm --socket /tmp/run/a.sock >/tmp/agent-serve.log 2>&1 &
     ahelper=\$!
-    until /bin/cowork-microvm call --socket /tmp/run/a.sock isRunning >/dev/null 2>&1; do sleep 0.2; done
-    echo "NESTED-AGENT-START \$(/bin/cowork-microvm call --socket /tmp/run/a.sock startVM '{"memoryGB":1,"cpuCount":2}' 2>&1 | tr -d '\n')"
+    n=0
+    until timeout 30 /bin/cowork-microvm call --socket /tmp/run/a.sock isRunning >/dev/null 2>&1 || [ \$n -ge 600 ]; do sleep 0.2; n=\$((n+1)); done
+    echo "NESTED-AGENT-START \$(timeout 300 /bin/cowork-microvm call --socket /tmp/run/a.sock startVM '{"memoryGB":1,"cpuCount":2}' 2>&1 | tr -d '\n')"
+    stamp agent-start
     timeout 800 /stage/agent_turn --socket /tmp/run/a.sock --home /stage/home --sdk /stage/home/.local/share/claude-sdk --host api.mock.test >/tmp/agent.json 2>/tmp/agent.err
     echo "NESTED-AGENT \$(cat /tmp/agent.json)"
     [ -s /tmp/agent.json ] || sed 's/^/NESTED-AGENT-ERR /' /tmp/agent.err | tail -30
@@ -462,10 +477,15 @@ log=$work/console.log
 deadline=$((SECONDS + limit))
 attempts=0
 retried=""
+qpid=""
+# An interrupted or failed harness leaves no emulator behind.
+trap '[ -n "$qpid" ] && kill -9 "$qpid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 while :; do
     attempts=$((attempts + 1))
-    qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC,+svm -m 4096 -smp "$smp" -nographic -no-reboot \
-        "${stage_drive[@]}" -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet" </dev/null >"$log" 2>&1 &
+    # timeout: a backstop should this loop itself be stopped.
+    timeout $((deadline - SECONDS + 30)) qemu-system-x86_64 -accel "tcg,thread=$tcg_thread" -cpu EPYC,+svm -m 4096 -smp "$smp" -nographic -no-reboot \
+        "${stage_drive[@]}" -kernel "$vmlinuz" -initrd "$work/initrd.gz" -append "console=ttyS0 panic=-1 quiet $outer_cmdline" </dev/null >"$log" 2>&1 &
     qpid=$!
     ended=""
     size=-1
@@ -476,7 +496,7 @@ while :; do
         if [ "$now" = "$size" ]; then quiet=$((quiet + 5)); else size=$now; quiet=0; fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             ended=timeout
-        elif [ "$quiet" -ge "$frozen_after" ] && grep -q NESTED-BEAT "$log"; then
+        elif [ "$quiet" -ge "$frozen_after" ]; then
             ended=frozen
         else
             continue
@@ -487,10 +507,15 @@ while :; do
         break
     done
     wait "$qpid" 2>/dev/null || true
+    qpid=""
     grep -q NESTED-DONE "$log" && break
-    if [ "$ended" != frozen ] && grep -q 'Kernel panic' "$log"; then ended=panic; fi
+    # Only the outer kernel's own panic (its oops names its release), never
+    # a run our watchdog stopped.
+    if [ "$ended" != frozen ] && grep -q 'Kernel panic' "$log" && grep -qF "$outer_release" "$log"; then ended=panic; fi
+    grep -q NESTED-STUCK "$log" && ended=stuck
     case $ended in panic|frozen) ;; *) break ;; esac
-    [ "$attempts" -lt 4 ] && [ $((deadline - SECONDS)) -ge 300 ] || break
+    # A whole run takes five to ten minutes: no retry without that left.
+    [ "$attempts" -lt 4 ] && [ $((deadline - SECONDS)) -ge 600 ] || break
     cp "$log" "$work/console.attempt$attempts.log"
     if [ "$ended" = panic ]; then grep -B2 -A1 'Kernel panic' "$log" >&2 || true; else tail -5 "$log" >&2; fi
     echo "e2e-nested: attempt $attempts: the outer machine $( [ "$ended" = panic ] && echo "panicked" || echo "froze (nothing printed for ${frozen_after}s, heartbeat included)") after: $(sed -n 's/^NESTED-TIME //p' "$log" | tr -d '\r' | tr ' \n' ':,'); trying again" >&2
@@ -519,7 +544,7 @@ fi
 if ! grep -q NESTED-DONE "$log"; then
     tail -40 "$log" >&2
     why="did not finish within ${limit}s (all attempts together)"
-    [ "$ended" = frozen ] && why="froze (nothing printed for ${frozen_after}s, heartbeat included) on each of $attempts attempts"
+    [ "$ended" = frozen ] && why="froze (nothing printed for ${frozen_after}s, heartbeat included); attempts: $attempts${retried:+, retried after: $retried}"
     grep -q 'Kernel panic' "$log" && why="panicked (its kernel's trace is above)"
     grep -q NESTED-STUCK "$log" && why="had a step stuck (NESTED-WATCH lines above say where)"
     echo "e2e-nested: the outer machine $why (-smp $smp, tcg thread=$tcg_thread); steps done (s since boot): ${steps:-none}" >&2

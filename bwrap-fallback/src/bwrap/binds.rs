@@ -53,14 +53,8 @@ impl Binds {
         // so it looks at the folder that is mounted, not at whatever the
         // path names now.
         let found = protected::find(Path::new(&format!("/proc/self/fd/{}", root.as_raw_fd())));
-        if found.truncated {
-            protected::read_only_instead(
-                shown,
-                &format!(
-                    "the protected-path search stops at {} entries",
-                    protected::MAX_ENTRIES
-                ),
-            );
+        if let Some(why) = &found.incomplete {
+            protected::read_only_instead(shown, why);
             return Ok(false);
         }
         let mut fds = Vec::new();

@@ -37,10 +37,20 @@ pub struct Protected {
     /// them), so the path the host program later follows still leads to
     /// the protected object rather than to a folder the guest made.
     pub ancestors: HashSet<FileId>,
+    /// Repositories' git folders (a `.git`, a submodule's folder under
+    /// `.git/modules`): [`GIT_DIR_RESERVED`] names may not be made in them.
+    pub git_dirs: HashSet<FileId>,
 }
+
+/// Names git obeys in a git folder that a guest could otherwise add where
+/// they are missing: `commondir` points git at another folder's config and
+/// hooks, `config.worktree` is read as config when the repository enables
+/// it, and a missing `config` or `hooks` would be read once made. Those
+/// already there are protected objects themselves.
+pub const GIT_DIR_RESERVED: &[&[u8]] = &[b"commondir", b"config", b"config.worktree", b"hooks"];
 
 impl Protected {
     pub fn is_empty(&self) -> bool {
-        self.objects.is_empty() && self.ancestors.is_empty()
+        self.objects.is_empty() && self.ancestors.is_empty() && self.git_dirs.is_empty()
     }
 }

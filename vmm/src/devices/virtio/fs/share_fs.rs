@@ -53,7 +53,7 @@ use fuse_backend_rs::transport::FsCacheReqHandler;
 use libc::{stat64, statvfs64};
 
 use super::budget::FdBudget;
-use super::protected::{FileId, Protected};
+use super::protected::{FileId, Protected, GIT_DIR_RESERVED};
 
 /// The share's root inode: the library holds it from mount to the end and
 /// never forgets it, so the guest cannot add to it.
@@ -210,6 +210,32 @@ impl ShareFs {
             return Err(err(libc::EROFS));
         }
         Ok(())
+    }
+
+    /// EROFS for making `name` in `parent` when `parent` is a repository's
+    /// git folder and git would obey that name there
+    /// ([`GIT_DIR_RESERVED`]: a `commondir` made in an existing `.git`
+    /// would point the user's own git at hooks the guest wrote).
+    fn nameable(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        if self.protected.git_dirs.is_empty() || !GIT_DIR_RESERVED.contains(&name.to_bytes()) {
+            return Ok(());
+        }
+        let (st, _) = self.inner.getattr(ctx, parent, None)?;
+        if !self.protected.git_dirs.contains(&FileId::of(&st)) {
+            return Ok(());
+        }
+        // One already there is a protected object, which the host's own
+        // EEXIST (`mkdir -p .git/hooks`) or the other checks answer.
+        match self.inner.lookup(ctx, parent, name) {
+            Ok(e) if e.inode == 0 => Err(err(libc::EROFS)),
+            Ok(e) => {
+                // The layer's own lookup: the library's count goes back.
+                self.inner.forget(ctx, e.inode, 1);
+                Ok(())
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(err(libc::EROFS)),
+            Err(e) => Err(e),
+        }
     }
 
     /// EROFS for adding, removing or replacing `name` in `parent` (an
@@ -410,6 +436,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         self.unprotected(&self.ctx(ctx), parent)?;
+        self.nameable(&self.ctx(ctx), parent, name)?;
         self.make_entry(|| self.inner.symlink(&self.ctx(ctx), linkname, parent, name))
             .map(|e| self.show_entry(e))
     }
@@ -425,6 +452,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         self.unprotected(&self.ctx(ctx), inode)?;
+        self.nameable(&self.ctx(ctx), inode, name)?;
         // A device node made by a root helper would be a host device.
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFCHR || kind == libc::S_IFBLK {
@@ -447,6 +475,7 @@ impl FileSystem for ShareFs {
     ) -> io::Result<Entry> {
         self.writable()?;
         self.unprotected(&self.ctx(ctx), parent)?;
+        self.nameable(&self.ctx(ctx), parent, name)?;
         self.make_entry(|| self.inner.mkdir(&self.ctx(ctx), parent, name, mode, umask))
             .map(|e| self.show_entry(e))
     }
@@ -478,6 +507,7 @@ impl FileSystem for ShareFs {
         // Out of and into: the moved entry and whatever it would replace.
         self.replaceable(&self.ctx(ctx), olddir, oldname)?;
         self.replaceable(&self.ctx(ctx), newdir, newname)?;
+        self.nameable(&self.ctx(ctx), newdir, newname)?;
         self.inner
             .rename(&self.ctx(ctx), olddir, oldname, newdir, newname, flags)
     }
@@ -488,6 +518,7 @@ impl FileSystem for ShareFs {
         // (writes are checked on the inode), but nothing needs one.
         self.unprotected(&self.ctx(ctx), inode)?;
         self.unprotected(&self.ctx(ctx), newparent)?;
+        self.nameable(&self.ctx(ctx), newparent, newname)?;
         self.make_entry(|| self.inner.link(&self.ctx(ctx), inode, newparent, newname))
             .map(|e| self.show_entry(e))
     }
@@ -522,6 +553,7 @@ impl FileSystem for ShareFs {
         // Without O_EXCL the library opens (and may truncate) a file that
         // is already there.
         self.replaceable(&self.ctx(ctx), parent, name)?;
+        self.nameable(&self.ctx(ctx), parent, name)?;
         // The handle's descriptor first; the inode's is make_entry's.
         self.budget.take()?;
         let mut rest = None;

@@ -55,6 +55,7 @@ fn protected(r: &Path) -> Protected {
         .map(|p| id(&r.join(p)))
         .collect(),
         ancestors: [id(r), id(&r.join(".git"))].into_iter().collect(),
+        git_dirs: [id(&r.join(".git"))].into_iter().collect(),
     }
 }
 
@@ -196,6 +197,21 @@ fn cases() -> Vec<Case> {
         (
             "create over config",
             |g, n| g.create(n.git, "config"),
+            Some(0),
+        ),
+        (
+            "create .git/commondir",
+            |g, n| g.create(n.git, "commondir"),
+            Some(0),
+        ),
+        (
+            "mkdir .git/commondir",
+            |g, n| mkdir(g, n.git, "commondir"),
+            Some(0),
+        ),
+        (
+            "rename HEAD onto .git/config.worktree",
+            |g, n| rename(g, (n.git, "HEAD"), (n.git, "config.worktree"), 0),
             Some(0),
         ),
         (
