@@ -35,11 +35,11 @@ build: ## debug build of every crate
 release: ## optimized helper binary at target/release/cowork-microvm, and its static sandbox init beside it
 	$(CARGO) build --release
 	# The init replaced in place by a static one (see INIT above).
-	if d=$$(rustc --print target-libdir --target $(MUSL) 2>/dev/null) && test -d "$$d/"; then \
-		$(CARGO) rustc --release -p cowork-sandbox-init --bin cowork-sandbox-init --target $(MUSL) -- -C strip=symbols && \
+	# Tried with the same cargo (and so the same toolchain) that builds the rest.
+	if $(CARGO) rustc --release -p cowork-sandbox-init --bin cowork-sandbox-init --target $(MUSL) -- -C strip=symbols; then \
 		install -m 0755 target/$(MUSL)/release/cowork-sandbox-init $(INIT); \
 	else \
-		echo "release: no $(MUSL) target (rustup target add $(MUSL)): the sandbox init is static glibc, which starts slower"; \
+		echo "release: the $(MUSL) build failed (no target? rustup target add $(MUSL)): the sandbox init is static glibc, which starts slower"; \
 		$(CARGO) rustc --release -p cowork-microvm --bin cowork-microvm-sandbox-init -- -C target-feature=+crt-static; \
 	fi
 
