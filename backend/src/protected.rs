@@ -103,7 +103,15 @@ pub struct Found {
     /// then cannot tell what in the share to protect, and shares it
     /// read-only whole (see [`read_only_instead`]).
     pub incomplete: Option<String>,
+    /// The folders kept whole for being unreadable: every protected name
+    /// under one reports it, so it is looked up here, not in `paths`.
+    blocked: std::collections::HashSet<PathBuf>,
 }
+
+/// At most this many unreadable folders are kept read-only one by one;
+/// past that the search is incomplete (bwrap binds at most 512 paths per
+/// spawn anyway).
+const MAX_BLOCKED: usize = 512;
 
 /// The log line of a read-write share kept read-only whole because its
 /// protected paths could not all be found or enforced (`why`): the search
@@ -187,16 +195,16 @@ fn git_extras(root: &Path, rel: &Path, found: &mut Found, budget: &mut usize) {
     let Ok(meta) = std::fs::symlink_metadata(root.join(&dot_git)) else {
         return;
     };
-    if meta.file_type().is_file() && is_real_entry(root, &dot_git) {
+    if meta.file_type().is_file() && is_real_entry(root, &dot_git, found) {
         found.paths.push(dot_git);
         return;
     }
-    if !meta.file_type().is_dir() || !is_real_entry(root, &dot_git) {
+    if !meta.file_type().is_dir() || !is_real_entry(root, &dot_git, found) {
         return;
     }
     if let Some(hooks) = hooks_path(root, &dot_git.join("config")) {
         let candidate = rel.join(hooks);
-        if is_real_entry(root, &candidate) && !found.paths.contains(&candidate) {
+        if is_real_entry(root, &candidate, found) && !found.paths.contains(&candidate) {
             found.paths.push(candidate);
         }
     }
@@ -214,7 +222,7 @@ fn listed(
     budget: &mut usize,
 ) -> Vec<std::fs::DirEntry> {
     let mut out = Vec::new();
-    if !is_real_entry(root, dir) {
+    if !is_real_entry(root, dir, found) {
         return out;
     }
     let entries = match std::fs::read_dir(root.join(dir)) {
@@ -248,7 +256,7 @@ fn linked_worktrees(root: &Path, dir: &Path, found: &mut Found, budget: &mut usi
     for entry in listed(root, dir, found, budget) {
         for name in ["commondir", "gitdir", "config.worktree"] {
             let candidate = dir.join(entry.file_name()).join(name);
-            if is_real_entry(root, &candidate) {
+            if is_real_entry(root, &candidate, found) {
                 found.paths.push(candidate);
             }
         }
@@ -319,10 +327,10 @@ fn submodule_git_dirs(
             continue;
         }
         let sub = dir.join(entry.file_name());
-        if is_real_entry(root, &sub.join("HEAD")) {
+        if is_real_entry(root, &sub.join("HEAD"), found) {
             for name in ["hooks", "config"] {
                 let candidate = sub.join(name);
-                if is_real_entry(root, &candidate) {
+                if is_real_entry(root, &candidate, found) {
                     found.paths.push(candidate);
                 }
             }
@@ -368,9 +376,19 @@ fn entry(root: &Path, rel: &Path) -> Entry {
     Entry::Real
 }
 
-/// `rel` exists under `root` with no symlink on the way or at its end.
-fn is_real_entry(root: &Path, rel: &Path) -> bool {
-    matches!(entry(root, rel), Entry::Real)
+/// `rel` exists under `root` with no symlink on the way or at its end. A
+/// folder on the way the search cannot look into (a session can take the
+/// permission from one of its own) is kept read-only whole instead: what
+/// it hides is unknown.
+fn is_real_entry(root: &Path, rel: &Path, found: &mut Found) -> bool {
+    match entry(root, rel) {
+        Entry::Real => true,
+        Entry::Absent => false,
+        Entry::Blocked(folder) => {
+            found.add_blocked(folder);
+            false
+        }
+    }
 }
 
 fn gone(e: &std::io::Error) -> bool {
@@ -391,7 +409,11 @@ impl Found {
         if folder.as_os_str().is_empty() {
             self.incomplete
                 .get_or_insert_with(|| "its folder could not be read".into());
-        } else if !self.paths.contains(&folder) {
+        } else if self.blocked.len() >= MAX_BLOCKED {
+            self.incomplete.get_or_insert_with(|| {
+                format!("over {MAX_BLOCKED} folders in it could not be read")
+            });
+        } else if self.blocked.insert(folder.clone()) {
             self.paths.push(folder);
         }
     }
@@ -538,19 +560,37 @@ mod tests {
         mode("deep", 0o300); // searchable, not listable
         mode("cl/.claude", 0o600); // listable, not searchable
         mode("sub/.git/modules", 0o000);
+        // Listable but not searchable: the search sees the module's folder
+        // and cannot look into it.
+        touch(r, "wt/.git/modules/m/HEAD");
+        touch(r, "wt/.git/modules/m/hooks/post-checkout");
+        mode("wt/.git/modules/m", 0o600);
         let got = find(r);
         // The share's root itself unreadable: nothing under it can be
         // vouched for, so the search is incomplete (the share goes
         // read-only whole).
         mode("", 0o000);
         let root_hidden = find(r);
-        for p in ["", "repo/.git", "deep", "cl/.claude", "sub/.git/modules"] {
+        for p in [
+            "",
+            "repo/.git",
+            "deep",
+            "cl/.claude",
+            "sub/.git/modules",
+            "wt/.git/modules/m",
+        ] {
             mode(p, 0o755);
         }
         assert_eq!(got.incomplete, None);
         assert_finds(
             &got.paths,
-            &["repo/.git", "deep", "cl/.claude", "sub/.git/modules"],
+            &[
+                "repo/.git",
+                "deep",
+                "cl/.claude",
+                "sub/.git/modules",
+                "wt/.git/modules/m",
+            ],
         );
         assert!(root_hidden.incomplete.is_some(), "{root_hidden:?}");
     }

@@ -224,14 +224,20 @@ impl ShareFs {
         if !self.protected.git_dirs.contains(&FileId::of(&st)) {
             return Ok(());
         }
-        // One already there is a protected object, which the host's own
-        // EEXIST (`mkdir -p .git/hooks`) or the other checks answer.
+        // One already there that is a protected object is left to the
+        // host's own EEXIST (`mkdir -p .git/hooks`); anything else there
+        // (a symlink `hooks -> ../githooks`, never protected itself) may
+        // not be replaced either.
         match self.inner.lookup(ctx, parent, name) {
             Ok(e) if e.inode == 0 => Err(err(libc::EROFS)),
             Ok(e) => {
                 // The layer's own lookup: the library's count goes back.
                 self.inner.forget(ctx, e.inode, 1);
-                Ok(())
+                if self.protected.objects.contains(&FileId::of(&e.attr)) {
+                    Ok(())
+                } else {
+                    Err(err(libc::EROFS))
+                }
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(err(libc::EROFS)),
             Err(e) => Err(e),

@@ -15,8 +15,8 @@ const FATTR_MODE: u32 = 1 << 0;
 const FATTR_SIZE: u32 = 1 << 3;
 
 /// A repository-like tree: `.git/config`, `.git/hooks` (a folder, with
-/// `pre-commit` in it) and `.bashrc` are protected, `.git/HEAD` and `src`
-/// are not.
+/// `pre-commit` in it) and `.bashrc` are protected, `.git/HEAD`, `src` and
+/// the symlink `.git/config.worktree` are not.
 fn tree() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     let r = d.path();
@@ -31,6 +31,8 @@ fn tree() -> tempfile::TempDir {
     ] {
         std::fs::write(r.join(f), data).unwrap();
     }
+    // A name git obeys, present as a symlink (never protected itself).
+    std::os::unix::fs::symlink("../src", r.join(".git/config.worktree")).unwrap();
     d
 }
 
@@ -210,7 +212,7 @@ fn cases() -> Vec<Case> {
             Some(0),
         ),
         (
-            "rename HEAD onto .git/config.worktree",
+            "rename HEAD onto .git/config.worktree (a symlink there)",
             |g, n| rename(g, (n.git, "HEAD"), (n.git, "config.worktree"), 0),
             Some(0),
         ),
