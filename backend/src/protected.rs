@@ -409,12 +409,18 @@ impl Found {
         if folder.as_os_str().is_empty() {
             self.incomplete
                 .get_or_insert_with(|| "its folder could not be read".into());
+        } else if self.blocked.contains(&folder) {
+            // Reported again by another name under it.
         } else if self.blocked.len() >= MAX_BLOCKED {
             self.incomplete.get_or_insert_with(|| {
                 format!("over {MAX_BLOCKED} folders in it could not be read")
             });
-        } else if self.blocked.insert(folder.clone()) {
-            self.paths.push(folder);
+        } else {
+            // At most MAX_BLOCKED times: the linear look costs little.
+            if !self.paths.contains(&folder) {
+                self.paths.push(folder.clone());
+            }
+            self.blocked.insert(folder);
         }
     }
 

@@ -217,6 +217,11 @@ fn cases() -> Vec<Case> {
             Some(0),
         ),
         (
+            "rename HEAD onto .git/commondir",
+            |g, n| rename(g, (n.git, "HEAD"), (n.git, "commondir"), 0),
+            Some(0),
+        ),
+        (
             "create in hooks",
             |g, n| g.create(n.hooks, "post-checkout"),
             Some(0),
