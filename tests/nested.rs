@@ -103,6 +103,15 @@ fn helper_boots_the_guest_with_its_own_vmm_inside_nested_kvm() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "harness failed:\n{stderr}");
+    // What a stuck or failed step left on the console (shown with a
+    // failed assertion below; the whole console is in the file above).
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("NESTED-DIAG") || l.contains("NESTED-WATCH"))
+        .take(400)
+    {
+        eprintln!("{line}");
+    }
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&result).unwrap()).unwrap();
     eprintln!("nested (emulated timings): {r}");
     eprintln!(

@@ -270,7 +270,7 @@ diag() {
         for t in /proc/\$helper/task/*; do
             echo "NESTED-DIAG \$1 \$(cat \$t/comm) \$(cut -d' ' -f3 \$t/stat) \$(cat \$t/wchan) syscall=\$(cut -d' ' -f1 \$t/syscall)"
         done 2>&1
-        tail -8 /tmp/helper.log 2>/dev/null | sed "s/^/NESTED-DIAG \$1 log /"
+        tail -\${2:-8} /tmp/helper.log 2>/dev/null | sed "s/^/NESTED-DIAG \$1 log /"
     } >&9
 }
 call() {
@@ -308,6 +308,9 @@ run() {
 }
 out=\$(cd / && run -- sh -c 'echo hello-from-vm; uname -n; exit 3' 2>&1); rc=\$?
 echo "NESTED-SESSION echo \$(echo \$out | tr -d '\r') rc=\$rc"
+# The first session on the VM startVM made: if it did not end as asked,
+# the helper's log says what became of the VM (it ended once under us).
+[ \$rc = 3 ] || diag "echo-rc-\$rc" 60
 echo "NESTED-SESSION stdin \$(echo piped-in | run -- cat 2>&1 | tr -d '\r\n')"
 echo "NESTED-SESSION bulk \$(run -- sh -c 'dd if=/dev/zero bs=65536 count=256 2>/dev/null | tr "\\000" a' 2>/dev/null | wc -c)"
 echo "NESTED-SESSION home \$(run -- sh -c 'ls /tmp/run >/dev/null 2>&1 && echo host-visible || echo host-invisible' 2>&1 | tr -d '\r\n')"
