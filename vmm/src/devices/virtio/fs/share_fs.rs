@@ -205,8 +205,7 @@ impl ShareFs {
         if self.protected.objects.is_empty() {
             return Ok(());
         }
-        let (st, _) = self.inner.getattr(ctx, inode, None)?;
-        if self.protected.objects.contains(&FileId::of(&st)) {
+        if self.protected.objects.contains(&self.id_of(ctx, inode)?) {
             return Err(err(libc::EROFS));
         }
         Ok(())
@@ -220,26 +219,38 @@ impl ShareFs {
         if self.protected.git_dirs.is_empty() || !GIT_DIR_RESERVED.contains(&name.to_bytes()) {
             return Ok(());
         }
-        let (st, _) = self.inner.getattr(ctx, parent, None)?;
-        if !self.protected.git_dirs.contains(&FileId::of(&st)) {
+        if !self.protected.git_dirs.contains(&self.id_of(ctx, parent)?) {
             return Ok(());
         }
         // One already there that is a protected object is left to the
         // host's own EEXIST (`mkdir -p .git/hooks`); anything else there
         // (a symlink `hooks -> ../githooks`, never protected itself) may
         // not be replaced either.
+        match self.entry_id(ctx, parent, name)? {
+            Some(id) if self.protected.objects.contains(&id) => Ok(()),
+            _ => Err(err(libc::EROFS)),
+        }
+    }
+
+    /// The identity of the host object `inode` stands for.
+    fn id_of(&self, ctx: &Context, inode: u64) -> io::Result<FileId> {
+        let (st, _) = self.inner.getattr(ctx, inode, None)?;
+        Ok(FileId::of(&st))
+    }
+
+    /// The identity of what `name` in `parent` is now, if anything. Any
+    /// error but ENOENT (out of descriptors, ...) is not known to mean
+    /// "nothing there", so it is returned for the caller to refuse with.
+    fn entry_id(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Option<FileId>> {
         match self.inner.lookup(ctx, parent, name) {
-            Ok(e) if e.inode == 0 => Err(err(libc::EROFS)),
+            Ok(e) if e.inode == 0 => Ok(None),
             Ok(e) => {
-                // The layer's own lookup: the library's count goes back.
+                // This lookup was the layer's own, not the guest's: the
+                // library's count goes back at once.
                 self.inner.forget(ctx, e.inode, 1);
-                if self.protected.objects.contains(&FileId::of(&e.attr)) {
-                    Ok(())
-                } else {
-                    Err(err(libc::EROFS))
-                }
+                Ok(Some(FileId::of(&e.attr)))
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Err(err(libc::EROFS)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -254,18 +265,8 @@ impl ShareFs {
             return Ok(());
         }
         self.unprotected(ctx, parent)?;
-        let id = match self.inner.lookup(ctx, parent, name) {
-            Ok(e) if e.inode == 0 => return Ok(()),
-            Ok(e) => {
-                // This lookup was the layer's own, not the guest's: the
-                // library's count goes back at once.
-                self.inner.forget(ctx, e.inode, 1);
-                FileId::of(&e.attr)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            // Anything else (out of descriptors, ...): not known to be
-            // harmless, so refused with the library's own error.
-            Err(e) => return Err(e),
+        let Some(id) = self.entry_id(ctx, parent, name)? else {
+            return Ok(());
         };
         if self.protected.objects.contains(&id) || self.protected.ancestors.contains(&id) {
             return Err(err(libc::EROFS));
